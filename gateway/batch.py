@@ -1,0 +1,428 @@
+"""The one data model: a columnar batch over an OTLP Export request.
+
+A batch keeps the original protobuf request (so data can be forwarded unchanged)
+and, beside it, one row per item (span, metric, log record) as fixed-width numpy
+columns plus a per-batch string dictionary. Processors read and add columns;
+numba kernels take the arrays directly. Every row knows where its item lives in
+the request (resource index, scope index, item index), which is all `take` and
+`concat` need to keep columns and request in step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, ClassVar
+
+import numpy as np
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+
+class Signal(StrEnum):
+    TRACES = "traces"
+    METRICS = "metrics"
+    LOGS = "logs"
+
+
+class StringTable:
+    """Interned strings for one batch; columns hold int32 indices, -1 means missing."""
+
+    __slots__ = ("_index", "values")
+
+    def __init__(self, values: Sequence[str] = ()) -> None:
+        self.values: list[str] = []
+        self._index: dict[str, int] = {}
+        for v in values:
+            self.intern(v)
+
+    def intern(self, value: str) -> int:
+        idx = self._index.get(value)
+        if idx is None:
+            idx = len(self.values)
+            self.values.append(value)
+            self._index[value] = idx
+        return idx
+
+    def lookup(self, value: str) -> int:
+        """Index of `value`, or -1 when the batch never saw it."""
+        return self._index.get(value, -1)
+
+    def decode(self, codes: np.ndarray) -> list[str | None]:
+        return [self.values[c] if c >= 0 else None for c in codes.tolist()]
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where items sit inside an Export request of one signal."""
+
+    signal: Signal
+    request_cls: type
+    resource_field: str
+    scope_field: str
+    item_field: str
+
+
+TRACES_LAYOUT = Layout(Signal.TRACES, ExportTraceServiceRequest, "resource_spans", "scope_spans", "spans")
+METRICS_LAYOUT = Layout(
+    Signal.METRICS, ExportMetricsServiceRequest, "resource_metrics", "scope_metrics", "metrics"
+)
+LOGS_LAYOUT = Layout(Signal.LOGS, ExportLogsServiceRequest, "resource_logs", "scope_logs", "log_records")
+
+# Row-location columns present in every batch.
+LOC_COLUMNS = ("res_idx", "scope_idx", "item_idx")
+_EMPTY_I32 = np.zeros(0, dtype=np.int32)
+
+
+def service_name_of(resource: Any) -> str | None:
+    for kv in resource.attributes:
+        if kv.key == "service.name":
+            return str(kv.value.string_value)
+    return None
+
+
+@dataclass
+class Batch:
+    """Columns + string table + the OTLP request they describe."""
+
+    layout: ClassVar[Layout]
+    request: Any
+    columns: dict[str, np.ndarray]
+    strings: StringTable = field(default_factory=StringTable)
+    string_columns: set[str] = field(default_factory=set)
+    wire: bytes | None = None  # serialized request when unchanged since receipt
+    _nbytes: int | None = None
+
+    # ---- construction -------------------------------------------------------
+    @classmethod
+    def from_request(cls, request: Any, wire: bytes | None = None) -> Batch:
+        raise NotImplementedError
+
+    @classmethod
+    def empty(cls) -> Batch:
+        return cls.from_request(cls.layout.request_cls())
+
+    # ---- size ---------------------------------------------------------------
+    def __len__(self) -> int:
+        return int(self.columns["res_idx"].shape[0])
+
+    @property
+    def signal(self) -> Signal:
+        return self.layout.signal
+
+    @property
+    def item_count(self) -> int:
+        """Items as the Collector counts them (spans, metric data points, log records)."""
+        return len(self)
+
+    @property
+    def nbytes(self) -> int:
+        """Serialized size of the request, computed once."""
+        if self._nbytes is None:
+            self._nbytes = len(self.wire) if self.wire is not None else int(self.request.ByteSize())
+        return self._nbytes
+
+    def serialize(self) -> bytes:
+        if self.wire is None:
+            self.wire = self.request.SerializeToString()
+        return self.wire
+
+    def mark_modified(self) -> None:
+        """Call after mutating `request` in place so cached bytes are not reused."""
+        self.wire = None
+        self._nbytes = None
+
+    # ---- access -------------------------------------------------------------
+    def resources(self) -> Any:
+        return getattr(self.request, self.layout.resource_field)
+
+    def item(self, row: int) -> Any:
+        c = self.columns
+        res = self.resources()[int(c["res_idx"][row])]
+        scope = getattr(res, self.layout.scope_field)[int(c["scope_idx"][row])]
+        return getattr(scope, self.layout.item_field)[int(c["item_idx"][row])]
+
+    def iter_items(self) -> Iterator[Any]:
+        lay = self.layout
+        for res in self.resources():
+            for scope in getattr(res, lay.scope_field):
+                yield from getattr(scope, lay.item_field)
+
+    def string_column(self, name: str) -> list[str | None]:
+        return self.strings.decode(self.columns[name])
+
+    def add_column(self, name: str, values: np.ndarray, *, is_string: bool = False) -> None:
+        if values.shape[0] != len(self):
+            raise ValueError(f"column {name!r} has {values.shape[0]} rows, batch has {len(self)}")
+        self.columns[name] = values
+        if is_string:
+            self.string_columns.add(name)
+
+    # ---- reshaping ----------------------------------------------------------
+    def take(self, rows: np.ndarray) -> Batch:
+        """A new batch holding only `rows` (in ascending order); the request is rebuilt to match."""
+        rows = np.asarray(rows)
+        if rows.dtype == np.bool_:
+            rows = np.flatnonzero(rows)
+        if rows.shape[0] == len(self) and (rows.shape[0] == 0 or np.all(rows == np.arange(len(self)))):
+            return self
+        lay = self.layout
+        src_res = self.resources()
+        req = lay.request_cls()
+        dst_res_list = getattr(req, lay.resource_field)
+        c = self.columns
+        r_col, s_col, i_col = c["res_idx"][rows], c["scope_idx"][rows], c["item_idx"][rows]
+        new_r = np.empty(rows.shape[0], dtype=np.int32)
+        new_s = np.empty(rows.shape[0], dtype=np.int32)
+        new_i = np.empty(rows.shape[0], dtype=np.int32)
+        last_r = last_s = -1
+        dst_res = dst_scope = None
+        n_res = n_scope = n_item = 0
+        for k, (r, s, i) in enumerate(zip(r_col.tolist(), s_col.tolist(), i_col.tolist(), strict=True)):
+            if r != last_r:
+                res = src_res[r]
+                dst_res = dst_res_list.add()
+                dst_res.resource.CopyFrom(res.resource)
+                dst_res.schema_url = res.schema_url
+                last_r, last_s = r, -1
+                n_res += 1
+                n_scope = 0
+            if s != last_s:
+                scope = getattr(src_res[r], lay.scope_field)[s]
+                dst_scope = getattr(dst_res, lay.scope_field).add()
+                dst_scope.scope.CopyFrom(scope.scope)
+                dst_scope.schema_url = scope.schema_url
+                last_s = s
+                n_scope += 1
+                n_item = 0
+                src_items = getattr(scope, lay.item_field)
+            getattr(dst_scope, lay.item_field).append(src_items[i])
+            new_r[k], new_s[k], new_i[k] = n_res - 1, n_scope - 1, n_item
+            n_item += 1
+        cols = {name: col[rows] for name, col in c.items() if name not in LOC_COLUMNS}
+        cols.update(res_idx=new_r, scope_idx=new_s, item_idx=new_i)
+        return type(self)(
+            request=req, columns=cols, strings=self.strings, string_columns=set(self.string_columns)
+        )
+
+    @classmethod
+    def concat(cls, batches: Sequence[Batch]) -> Batch:
+        """One batch holding all rows of `batches`, in order; string tables are merged."""
+        batches = [b for b in batches if len(b) or len(b.resources())]
+        if not batches:
+            return cls.empty()
+        if len(batches) == 1:
+            return batches[0]
+        lay = cls.layout
+        req = lay.request_cls()
+        dst = getattr(req, lay.resource_field)
+        strings = StringTable()
+        names = set(batches[0].columns)
+        for b in batches[1:]:
+            names &= set(b.columns)
+        str_cols = set().union(*(b.string_columns for b in batches)) & names
+        parts: dict[str, list[np.ndarray]] = {n: [] for n in names}
+        res_offset = 0
+        for b in batches:
+            dst.extend(b.resources())
+            remap = np.fromiter((strings.intern(v) for v in b.strings.values), np.int32, len(b.strings))
+            for n in names:
+                col = b.columns[n]
+                if n == "res_idx":
+                    col = col + res_offset
+                elif n in str_cols:
+                    col = np.where(col >= 0, remap[np.maximum(col, 0)] if len(remap) else -1, -1).astype(
+                        np.int32
+                    )
+                parts[n].append(col)
+            res_offset += len(b.resources())
+        cols = {n: np.concatenate(p) for n, p in parts.items()}
+        return cls(request=req, columns=cols, strings=strings, string_columns=str_cols)
+
+    def split(self, max_items: int) -> list[Batch]:
+        """Chunks of at most `max_items` rows (by item count), in order."""
+        n = len(self)
+        if max_items <= 0 or n <= max_items:
+            return [self]
+        return [self.take(np.arange(lo, min(lo + max_items, n))) for lo in range(0, n, max_items)]
+
+
+def _locations(request: Any, lay: Layout) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[Any], list[int]]:
+    """Row locations, the items in row order, and the resource index of each row."""
+    r_l: list[int] = []
+    s_l: list[int] = []
+    i_l: list[int] = []
+    items: list[Any] = []
+    for r, res in enumerate(getattr(request, lay.resource_field)):
+        for s, scope in enumerate(getattr(res, lay.scope_field)):
+            its = getattr(scope, lay.item_field)
+            k = len(its)
+            if not k:
+                continue
+            r_l.extend([r] * k)
+            s_l.extend([s] * k)
+            i_l.extend(range(k))
+            items.extend(its)
+    return (
+        np.array(r_l, dtype=np.int32),
+        np.array(s_l, dtype=np.int32),
+        np.array(i_l, dtype=np.int32),
+        items,
+        r_l,
+    )
+
+
+def _service_column(request: Any, lay: Layout, res_idx: np.ndarray, strings: StringTable) -> np.ndarray:
+    codes = []
+    for res in getattr(request, lay.resource_field):
+        name = service_name_of(res.resource)
+        codes.append(strings.intern(name) if name is not None else -1)
+    table = np.array(codes, dtype=np.int32) if codes else _EMPTY_I32
+    return table[res_idx] if res_idx.shape[0] else _EMPTY_I32.copy()
+
+
+_ZERO16 = bytes(16)
+_ZERO8 = bytes(8)
+
+
+def ids_to_columns(ids: list[bytes], width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Fixed-width ids as big-endian uint64 words plus a mask of rows whose length was right."""
+    n = len(ids)
+    ok = np.fromiter((len(x) == width for x in ids), dtype=np.bool_, count=n)
+    pad = bytes(width)
+    buf = b"".join(x if len(x) == width else pad for x in ids)
+    words = np.frombuffer(buf, dtype=">u8").astype(np.uint64).reshape(n, width // 8)
+    return words, ok
+
+
+class SpanBatch(Batch):
+    layout = TRACES_LAYOUT
+
+    @classmethod
+    def from_request(cls, request: Any, wire: bytes | None = None) -> SpanBatch:
+        r, s, i, spans, _ = _locations(request, cls.layout)
+        n = len(spans)
+        strings = StringTable()
+        tid, tid_ok = ids_to_columns([sp.trace_id for sp in spans], 16)
+        sid, sid_ok = ids_to_columns([sp.span_id for sp in spans], 8)
+        pids = [sp.parent_span_id for sp in spans]
+        pid_ok = np.fromiter((len(p) in (0, 8) for p in pids), np.bool_, n)
+        pid, _ = ids_to_columns([p if len(p) == 8 else _ZERO8 for p in pids], 8)
+        cols = {
+            "res_idx": r,
+            "scope_idx": s,
+            "item_idx": i,
+            "trace_id_hi": tid[:, 0].copy(),
+            "trace_id_lo": tid[:, 1].copy(),
+            "span_id": sid[:, 0].copy(),
+            "parent_span_id": pid[:, 0].copy(),
+            "start_ns": np.fromiter((sp.start_time_unix_nano for sp in spans), np.int64, n),
+            "end_ns": np.fromiter((sp.end_time_unix_nano for sp in spans), np.int64, n),
+            "kind": np.fromiter((sp.kind for sp in spans), np.int8, n),
+            "status_code": np.fromiter((sp.status.code for sp in spans), np.int8, n),
+            "name": np.fromiter((strings.intern(sp.name) for sp in spans), np.int32, n),
+            "service": _service_column(request, cls.layout, r, strings),
+            # structural validity, used by receivers for partial_success
+            "_ids_ok": tid_ok & sid_ok & pid_ok,
+        }
+        return cls(
+            request=request, columns=cols, strings=strings, string_columns={"name", "service"}, wire=wire
+        )
+
+    def invalid_reasons(self) -> tuple[np.ndarray, list[str]]:
+        """Mask of structurally invalid spans and one message per kind of problem found."""
+        c = self.columns
+        zero_trace = (c["trace_id_hi"] == 0) & (c["trace_id_lo"] == 0)
+        zero_span = c["span_id"] == 0
+        bad_ids = ~c["_ids_ok"] | zero_trace | zero_span
+        bad_time = c["end_ns"] < c["start_ns"]
+        msgs = []
+        if bad_ids.any():
+            msgs.append(
+                f"{int(bad_ids.sum())} span(s) with an invalid trace_id/span_id "
+                "(trace_id must be 16 bytes, span_id and parent_span_id 8 bytes, not all zero)"
+            )
+        if bad_time.any():
+            msgs.append(f"{int(bad_time.sum())} span(s) with end_time_unix_nano before start_time_unix_nano")
+        return bad_ids | bad_time, msgs
+
+
+def _metric_points(metric: Any) -> int:
+    kind = metric.WhichOneof("data")
+    if kind is None:
+        return 0
+    return len(getattr(metric, kind).data_points)
+
+
+class MetricBatch(Batch):
+    """One row per metric; `points` holds its data point count (what the Collector counts)."""
+
+    layout = METRICS_LAYOUT
+
+    @classmethod
+    def from_request(cls, request: Any, wire: bytes | None = None) -> MetricBatch:
+        r, s, i, metrics, _ = _locations(request, cls.layout)
+        n = len(metrics)
+        strings = StringTable()
+        cols = {
+            "res_idx": r,
+            "scope_idx": s,
+            "item_idx": i,
+            "points": np.fromiter((_metric_points(m) for m in metrics), np.int64, n),
+            "name": np.fromiter((strings.intern(m.name) for m in metrics), np.int32, n),
+            "service": _service_column(request, cls.layout, r, strings),
+        }
+        return cls(
+            request=request, columns=cols, strings=strings, string_columns={"name", "service"}, wire=wire
+        )
+
+    @property
+    def item_count(self) -> int:
+        return int(self.columns["points"].sum())
+
+    def split(self, max_items: int) -> list[Batch]:
+        """Chunks of at most `max_items` data points; a single larger metric stays whole."""
+        if max_items <= 0 or self.item_count <= max_items:
+            return [self]
+        out: list[Batch] = []
+        start, acc = 0, 0
+        pts = self.columns["points"].tolist()
+        for k, p in enumerate(pts):
+            if acc and acc + p > max_items:
+                out.append(self.take(np.arange(start, k)))
+                start, acc = k, 0
+            acc += p
+        out.append(self.take(np.arange(start, len(pts))))
+        return out
+
+
+class LogBatch(Batch):
+    layout = LOGS_LAYOUT
+
+    @classmethod
+    def from_request(cls, request: Any, wire: bytes | None = None) -> LogBatch:
+        r, s, i, records, _ = _locations(request, cls.layout)
+        n = len(records)
+        strings = StringTable()
+        cols = {
+            "res_idx": r,
+            "scope_idx": s,
+            "item_idx": i,
+            "time_ns": np.fromiter((lr.time_unix_nano for lr in records), np.int64, n),
+            "observed_ns": np.fromiter((lr.observed_time_unix_nano for lr in records), np.int64, n),
+            "severity": np.fromiter((lr.severity_number for lr in records), np.int8, n),
+            "service": _service_column(request, cls.layout, r, strings),
+        }
+        return cls(request=request, columns=cols, strings=strings, string_columns={"service"}, wire=wire)
+
+
+BATCH_TYPES: dict[Signal, type[Batch]] = {
+    Signal.TRACES: SpanBatch,
+    Signal.METRICS: MetricBatch,
+    Signal.LOGS: LogBatch,
+}

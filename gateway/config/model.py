@@ -1,0 +1,298 @@
+"""Validating a whole gateway config: components, pipelines, service telemetry.
+
+Every problem becomes a `ConfigIssue` naming the key path and `file:line`; all
+of them are collected before raising so `sentinel validate` can print them at
+once.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from gateway.batch import Signal
+from gateway.component import ComponentConfig, ComponentId, Duration, Factory, Kind
+from gateway.config.source import (
+    ConfigError,
+    ConfigIssue,
+    KeyPath,
+    Locations,
+    load_file,
+    load_text,
+    merge,
+)
+from gateway.registry import get_factory, known_types
+
+DEFAULT_CONFIG_NAME = "<embedded default>"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_endpoint(value: str) -> str:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"invalid endpoint {value!r}: expected host:port, e.g. 127.0.0.1:8888")
+    return value
+
+
+class LogsTelemetry(_Strict):
+    level: Literal["debug", "info", "warn", "warning", "error"] = "info"
+    format: Literal["json", "console"] = "console"
+
+
+class AdminTelemetry(_Strict):
+    endpoint: str = "127.0.0.1:8888"
+
+    _v = field_validator("endpoint")(lambda cls, v: _check_endpoint(v))
+
+
+class Telemetry(_Strict):
+    logs: LogsTelemetry = LogsTelemetry()
+    admin: AdminTelemetry = AdminTelemetry()
+
+
+class PipelineSpec(_Strict):
+    receivers: list[str] = Field(default_factory=list)
+    processors: list[str] = Field(default_factory=list)
+    exporters: list[str] = Field(default_factory=list)
+
+
+class ServiceSpec(_Strict):
+    pipelines: dict[str, PipelineSpec] = Field(default_factory=dict)
+    telemetry: Telemetry = Telemetry()
+    shutdown_timeout: Duration = Field(default=30.0, ge=0)
+
+
+@dataclass(frozen=True)
+class ComponentSpec:
+    id: ComponentId
+    kind: Kind
+    factory: Factory
+    config: ComponentConfig
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    name: str  # e.g. "traces" or "traces/llm"
+    signal: Signal
+    receivers: tuple[ComponentId, ...]
+    processors: tuple[ComponentId, ...]
+    exporters: tuple[ComponentId, ...]
+
+
+@dataclass
+class GatewayConfig:
+    components: dict[Kind, dict[ComponentId, ComponentSpec]]
+    pipelines: list[Pipeline]
+    service: ServiceSpec
+    sources: list[str] = field(default_factory=list)
+
+
+_TOP_LEVEL = {"receivers", "processors", "exporters", "service"}
+
+
+def pydantic_issues(exc: ValidationError, base: KeyPath, locs: Locations) -> list[ConfigIssue]:
+    """Turn pydantic errors into issues at the right key and line."""
+    out = []
+    for err in exc.errors(include_url=False):
+        path = (*base, *err["loc"])
+        kind = err["type"]
+        if kind == "extra_forbidden":
+            msg = "unknown key"
+        elif kind == "missing":
+            msg = "required key is missing"
+        else:
+            msg = err["msg"]
+            if msg.startswith("Value error, "):
+                msg = msg[len("Value error, ") :]
+            if "input" in err and kind not in ("model_type", "dict_type"):
+                msg += f" (got {err['input']!r})"
+        out.append(locs.issue(path, msg))
+    return out
+
+
+def _validate_components(
+    raw: Mapping[str, Any], locs: Locations, issues: list[ConfigIssue]
+) -> dict[Kind, dict[ComponentId, ComponentSpec]]:
+    comps: dict[Kind, dict[ComponentId, ComponentSpec]] = {k: {} for k in Kind}
+    for kind in Kind:
+        section = raw.get(kind.value)
+        if section is None:
+            continue
+        if not isinstance(section, dict):
+            issues.append(locs.issue((kind.value,), "must be a mapping of component id → config"))
+            continue
+        for key, body in section.items():
+            path: KeyPath = (kind.value, key)
+            try:
+                cid = ComponentId.parse(key)
+            except ValueError as exc:
+                issues.append(locs.issue(path, str(exc)))
+                continue
+            factory = get_factory(kind, cid.type)
+            if factory is None:
+                issues.append(
+                    locs.issue(
+                        path,
+                        f"unknown {kind.singular} type {cid.type!r}; known types: "
+                        + ", ".join(known_types(kind)),
+                    )
+                )
+                continue
+            if body is None:
+                body = {}
+            if not isinstance(body, dict):
+                issues.append(locs.issue(path, "must be a mapping (use {} for defaults)"))
+                continue
+            try:
+                cfg = factory.config.model_validate(body)
+            except ValidationError as exc:
+                issues.extend(pydantic_issues(exc, path, locs))
+                continue
+            comps[kind][cid] = ComponentSpec(cid, kind, factory, cfg)
+    return comps
+
+
+def _validate_pipelines(
+    service: ServiceSpec,
+    comps: dict[Kind, dict[ComponentId, ComponentSpec]],
+    declared: dict[Kind, set[str]],
+    locs: Locations,
+    issues: list[ConfigIssue],
+) -> list[Pipeline]:
+    pipelines: list[Pipeline] = []
+    used: dict[Kind, set[str]] = {k: set() for k in Kind}
+    if not service.pipelines:
+        issues.append(locs.issue(("service", "pipelines"), "at least one pipeline is required"))
+    for pname, spec in service.pipelines.items():
+        ppath: KeyPath = ("service", "pipelines", pname)
+        sig_name, _, _ = pname.partition("/")
+        try:
+            signal = Signal(sig_name)
+        except ValueError:
+            issues.append(
+                locs.issue(
+                    ppath,
+                    f"unknown pipeline signal {sig_name!r}; a pipeline id is <signal>[/name] with signal one of "
+                    + ", ".join(s.value for s in Signal),
+                )
+            )
+            continue
+        ok = True
+        refs: dict[Kind, list[ComponentId]] = {k: [] for k in Kind}
+        for kind in Kind:
+            names: Sequence[str] = getattr(spec, kind.value)
+            seen: set[str] = set()
+            for i, ref in enumerate(names):
+                rpath = (*ppath, kind.value, i)
+                used[kind].add(ref)
+                if ref in seen:
+                    issues.append(locs.issue(rpath, f"{kind.singular} {ref!r} is listed twice"))
+                    ok = False
+                    continue
+                seen.add(ref)
+                if ref not in declared[kind]:
+                    issues.append(
+                        locs.issue(rpath, f"references {kind.singular} {ref!r}, which is not defined under {kind.value}")
+                    )
+                    ok = False
+                    continue
+                cid = ComponentId.parse(ref)
+                cspec = comps[kind].get(cid)
+                if cspec is None:  # declared but invalid: already reported
+                    ok = False
+                    continue
+                if signal not in cspec.factory.signals:
+                    issues.append(
+                        locs.issue(
+                            rpath,
+                            f"{kind.singular} type {cid.type!r} does not support {signal.value}; it supports "
+                            + ", ".join(sorted(s.value for s in cspec.factory.signals)),
+                        )
+                    )
+                    ok = False
+                refs[kind].append(cid)
+        if not spec.receivers:
+            issues.append(locs.issue((*ppath, "receivers"), "a pipeline needs at least one receiver"))
+            ok = False
+        if not spec.exporters:
+            issues.append(locs.issue((*ppath, "exporters"), "a pipeline needs at least one exporter"))
+            ok = False
+        if ok:
+            pipelines.append(
+                Pipeline(
+                    pname,
+                    signal,
+                    tuple(refs[Kind.RECEIVER]),
+                    tuple(refs[Kind.PROCESSOR]),
+                    tuple(refs[Kind.EXPORTER]),
+                )
+            )
+    for kind in Kind:
+        for name in sorted(declared[kind] - used[kind]):
+            issues.append(
+                locs.issue(
+                    (kind.value, name),
+                    f"{kind.singular} {name!r} is defined but not used in any pipeline "
+                    "(remove it or add it to a pipeline under service.pipelines)",
+                )
+            )
+    return pipelines
+
+
+def build_config(raw: dict[str, Any], locs: Locations, sources: list[str] | None = None) -> GatewayConfig:
+    """Validate merged raw values; raise ConfigError listing every issue."""
+    issues: list[ConfigIssue] = []
+    for key in raw:
+        if key not in _TOP_LEVEL:
+            issues.append(
+                locs.issue((key,), "unknown top-level key; expected one of " + ", ".join(sorted(_TOP_LEVEL)))
+            )
+    declared = {
+        k: set(raw[k]) if isinstance(raw.get(k), dict) else set() for k in Kind
+    }
+    comps = _validate_components(raw, locs, issues)
+    service_raw = raw.get("service")
+    service = ServiceSpec()
+    if service_raw is None:
+        issues.append(locs.issue((), "missing the service section (service.pipelines wires components together)"))
+    else:
+        try:
+            service = ServiceSpec.model_validate(service_raw)
+        except ValidationError as exc:
+            issues.extend(pydantic_issues(exc, ("service",), locs))
+            service = None  # type: ignore[assignment]
+    pipelines = _validate_pipelines(service, comps, declared, locs, issues) if service is not None else []
+    if issues:
+        raise ConfigError(issues)
+    return GatewayConfig(comps, pipelines, service, sources or [])
+
+
+def default_config_text() -> str:
+    return importlib.resources.files("gateway").joinpath("default_config.yaml").read_text(encoding="utf-8")
+
+
+def load_config(paths: Sequence[str | Path] = (), env: Mapping[str, str] | None = None) -> GatewayConfig:
+    """Load and merge `paths` in order (the embedded default when empty) and validate."""
+    if not paths:
+        raw, locs = load_text(default_config_text(), DEFAULT_CONFIG_NAME, env)
+        return build_config(raw, locs, [DEFAULT_CONFIG_NAME])
+    raw, locs = {}, Locations()
+    issues: list[ConfigIssue] = []
+    for p in paths:
+        try:
+            r, lc = load_file(p, env)
+        except ConfigError as exc:
+            issues.extend(exc.issues)
+            continue
+        raw, locs = merge(raw, locs, r, lc)
+    if issues:
+        raise ConfigError(issues)
+    return build_config(raw, locs, [str(p) for p in paths])

@@ -1,0 +1,209 @@
+"""Sending queue and retry shared by every exporter.
+
+An exporter only implements `send(batch)`; this base class gives it a bounded
+queue (by batches and bytes), N consumer tasks, exponential backoff with jitter
+that honours server hints (RetryInfo / Retry-After), and the Collector's
+exporter self-metrics. When the queue is full the batch is refused upstream
+(so the client retries) and counted as `enqueue_failed`; permanent errors are
+dropped and counted as `send_failed`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from typing import Any
+
+from pydantic import Field
+
+from gateway.batch import Batch
+from gateway.component import (
+    ComponentConfig,
+    ComponentContext,
+    ConsumeError,
+    Duration,
+    Exporter,
+    PermanentError,
+    RefusedError,
+)
+
+
+class RetryableError(ConsumeError):
+    """A send failed in a way that may succeed later (5xx, 429, UNAVAILABLE, connection errors)."""
+
+
+class QueueSettings(ComponentConfig):
+    enabled: bool = True
+    num_consumers: int = Field(default=4, ge=1, le=256)
+    queue_size: int = Field(default=1000, ge=1, description="Maximum batches held.")
+    max_size_mib: float = Field(default=256, gt=0, description="Maximum bytes held, in MiB.")
+
+
+class RetrySettings(ComponentConfig):
+    enabled: bool = True
+    initial_interval: Duration = Field(default=5.0, gt=0)
+    randomization_factor: float = Field(default=0.5, ge=0, le=1)
+    multiplier: float = Field(default=1.5, ge=1)
+    max_interval: Duration = Field(default=30.0, gt=0)
+    max_elapsed_time: Duration = Field(
+        default=300.0, ge=0, description="Give up on a batch after this long; 0 retries forever."
+    )
+
+
+class QueuedExporterConfig(ComponentConfig):
+    sending_queue: QueueSettings = QueueSettings()
+    retry_on_failure: RetrySettings = RetrySettings()
+    timeout: Duration = Field(default=10.0, gt=0, description="Timeout of one send attempt.")
+
+
+class Backoff:
+    """Exponential backoff with jitter, as the Collector's retry sender does it."""
+
+    def __init__(self, settings: RetrySettings) -> None:
+        self.s = settings
+        self.interval = settings.initial_interval
+
+    def next_delay(self, hint: float | None) -> float:
+        base = self.interval
+        self.interval = min(self.interval * self.s.multiplier, self.s.max_interval)
+        jitter = base * self.s.randomization_factor
+        delay = random.uniform(base - jitter, base + jitter)
+        if hint is not None and hint > 0:
+            delay = max(delay, hint)  # never retry sooner than the server asked
+        return delay
+
+
+class QueuedExporter(Exporter):
+    """Base class: subclasses implement `send` (and optionally `start`/`close`)."""
+
+    config: QueuedExporterConfig
+
+    def __init__(self, ctx: ComponentContext, config: Any) -> None:
+        super().__init__(ctx, config)
+        q = config.sending_queue
+        self._queue: asyncio.Queue[Batch] = asyncio.Queue()
+        self._queued_bytes = 0
+        self._max_bytes = int(q.max_size_mib * 1024 * 1024)
+        self._workers: list[asyncio.Task[None]] = []
+        self._inflight = 0
+        self._closing = False
+        self._idle = asyncio.Event()
+        self._idle.set()
+        tel, name = ctx.telemetry, str(ctx.id)
+        self._m_queue_size = tel.queue_size.labels(exporter=name)
+        tel.queue_capacity.labels(exporter=name).set(q.queue_size if q.enabled else 0)
+        self._m_queue_size.set(0)
+        self._m_sent = {s: c.labels(exporter=name) for s, c in tel.exporter_sent.items()}
+        self._m_failed = {s: c.labels(exporter=name) for s, c in tel.exporter_send_failed.items()}
+        self._m_enqueue_failed = {s: c.labels(exporter=name) for s, c in tel.exporter_enqueue_failed.items()}
+
+    # ---------------------------------------------------------------- to implement
+    async def send(self, batch: Batch) -> None:
+        """Deliver one batch; raise RetryableError or PermanentError on failure."""
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        """Release connections after the queue drained."""
+
+    # ---------------------------------------------------------------- lifecycle
+    async def start(self) -> None:
+        if self.config.sending_queue.enabled:
+            self._workers = [
+                asyncio.create_task(self._worker(), name=f"{self.id}-sender-{i}")
+                for i in range(self.config.sending_queue.num_consumers)
+            ]
+
+    async def shutdown(self) -> None:
+        """Stop taking data, drain the queue (the runtime bounds how long), then close."""
+        self._closing = True
+        try:
+            if self._workers:
+                await self._queue.join()
+        finally:
+            for w in self._workers:
+                w.cancel()
+            await asyncio.gather(*self._workers, return_exceptions=True)
+            self._workers = []
+            dropped = self._queue.qsize()
+            if dropped:
+                self.logger.error(f"dropping {dropped} queued batch(es) at shutdown")
+            await self.close()
+
+    # ---------------------------------------------------------------- data path
+    async def consume(self, batch: Batch) -> None:
+        if not self.config.sending_queue.enabled:
+            await self._send_with_retry(batch, raise_on_failure=True)
+            return
+        q = self.config.sending_queue
+        if self._closing:
+            self._m_enqueue_failed[batch.signal].inc(batch.item_count)
+            raise RefusedError("exporter is shutting down", retry_after=1.0)
+        size = batch.nbytes
+        if self._queue.qsize() >= q.queue_size or (self._queued_bytes and self._queued_bytes + size > self._max_bytes):
+            self._m_enqueue_failed[batch.signal].inc(batch.item_count)
+            raise RefusedError(f"sending queue of exporter {self.id} is full", retry_after=1.0)
+        self._queued_bytes += size
+        self.ctx.admission.set_held(f"exporter:{self.id}", self._queued_bytes)
+        self._queue.put_nowait(batch)
+        self._m_queue_size.set(self._queue.qsize())
+
+    def queue_len(self) -> int:
+        return self._queue.qsize()
+
+    async def _worker(self) -> None:
+        while True:
+            batch = await self._queue.get()
+            try:
+                await self._send_with_retry(batch, raise_on_failure=False)
+            except Exception:  # never let a worker die
+                self.logger.exception("unexpected error while sending")
+            finally:
+                self._queued_bytes -= batch.nbytes
+                self.ctx.admission.set_held(f"exporter:{self.id}", self._queued_bytes)
+                self._m_queue_size.set(self._queue.qsize())
+                self._queue.task_done()
+
+    async def _send_with_retry(self, batch: Batch, *, raise_on_failure: bool) -> None:
+        retry = self.config.retry_on_failure
+        backoff = Backoff(retry)
+        started = time.monotonic()
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                await asyncio.wait_for(self.send(batch), self.config.timeout)
+                self._m_sent[batch.signal].inc(batch.item_count)
+                return
+            except PermanentError as exc:
+                self._m_failed[batch.signal].inc(batch.item_count)
+                self.logger.error(
+                    f"dropping {batch.item_count} {batch.signal.value} item(s): permanent error: {exc}"
+                )
+                if raise_on_failure:
+                    raise
+                return
+            except (RetryableError, TimeoutError, OSError, ConsumeError) as exc:
+                err: Exception = exc
+                hint = getattr(exc, "retry_after", None)
+            except Exception as exc:  # unknown failure: treat as transient, keep the data
+                err, hint = exc, None
+                self.logger.exception("send failed unexpectedly")
+            if not retry.enabled:
+                return self._give_up(batch, err, attempt, raise_on_failure)
+            delay = backoff.next_delay(hint)
+            elapsed = time.monotonic() - started
+            if retry.max_elapsed_time and elapsed + delay > retry.max_elapsed_time:
+                return self._give_up(batch, err, attempt, raise_on_failure)
+            self.logger.warning(
+                f"send failed, retrying in {delay:.2f}s (attempt {attempt}): {err or type(err).__name__}"
+            )
+            await asyncio.sleep(delay)
+
+    def _give_up(self, batch: Batch, err: Exception, attempts: int, raise_on_failure: bool) -> None:
+        self._m_failed[batch.signal].inc(batch.item_count)
+        self.logger.error(
+            f"dropping {batch.item_count} {batch.signal.value} item(s) after {attempts} attempt(s): {err}"
+        )
+        if raise_on_failure:
+            raise RefusedError(f"export failed: {err}", retry_after=getattr(err, "retry_after", None))

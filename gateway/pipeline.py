@@ -1,0 +1,101 @@
+"""Build the component graph from a validated config.
+
+Like the Collector: one instance per receiver id (shared by the pipelines it
+feeds), one instance per exporter id (shared by its pipelines), and a fresh
+processor instance per pipeline. Each pipeline is a chain
+`processors[0] → … → fan-out to exporters`; a receiver feeding several
+pipelines of one signal fans out to their heads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from gateway.batch import Batch, Signal
+from gateway.component import (
+    Component,
+    ComponentContext,
+    ComponentId,
+    ConsumeError,
+    Consumer,
+    Exporter,
+    Kind,
+    Processor,
+    Receiver,
+)
+from gateway.config.model import GatewayConfig
+from gateway.pressure import Admission
+from gateway.telemetry import SelfTelemetry
+
+
+class FanOut:
+    """Hands one batch to several consumers; the first error (if any) is reported upstream."""
+
+    def __init__(self, consumers: Sequence[Consumer]) -> None:
+        self.consumers = list(consumers)
+
+    async def consume(self, batch: Batch) -> None:
+        if len(self.consumers) == 1:
+            await self.consumers[0].consume(batch)
+            return
+        results = await asyncio.gather(*(c.consume(batch) for c in self.consumers), return_exceptions=True)
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors:
+            # Prefer a retryable error so clients retry rather than drop.
+            retryable = [e for e in errors if isinstance(e, ConsumeError) and e.retryable]
+            raise (retryable or errors)[0]
+
+
+@dataclass
+class PipelineChain:
+    name: str
+    signal: Signal
+    head: Consumer
+    processors: list[Processor]
+
+
+@dataclass
+class Graph:
+    receivers: dict[ComponentId, Receiver] = field(default_factory=dict)
+    exporters: dict[ComponentId, Exporter] = field(default_factory=dict)
+    pipelines: list[PipelineChain] = field(default_factory=list)
+
+    def all_processors(self) -> list[Processor]:
+        return [p for pl in self.pipelines for p in pl.processors]
+
+
+def _context(
+    cid: ComponentId, kind: Kind, telemetry: SelfTelemetry, admission: Admission, pipeline: str = ""
+) -> ComponentContext:
+    logger = logging.getLogger(f"sentinel.{kind.singular}.{cid}")
+    return ComponentContext(cid, kind, logger, telemetry, admission, pipeline)
+
+
+def build_graph(config: GatewayConfig, telemetry: SelfTelemetry, admission: Admission) -> Graph:
+    graph = Graph()
+    used = {k: {c for p in config.pipelines for c in getattr(p, k.value)} for k in Kind}
+    for kind, target in ((Kind.RECEIVER, graph.receivers), (Kind.EXPORTER, graph.exporters)):
+        for cid, spec in config.components[kind].items():
+            if cid in used[kind]:
+                comp: Component = spec.factory.create(_context(cid, kind, telemetry, admission), spec.config)
+                target[cid] = comp  # type: ignore[assignment]
+    heads: dict[tuple[ComponentId, Signal], list[Consumer]] = {}
+    for pl in config.pipelines:
+        tail: Consumer = FanOut([graph.exporters[e] for e in pl.exporters])
+        procs: list[Processor] = []
+        for pid in reversed(pl.processors):
+            spec = config.components[Kind.PROCESSOR][pid]
+            proc = spec.factory.create(_context(pid, Kind.PROCESSOR, telemetry, admission, pl.name), spec.config)
+            assert isinstance(proc, Processor)
+            proc.set_next(tail)
+            tail = proc
+            procs.insert(0, proc)
+        graph.pipelines.append(PipelineChain(pl.name, pl.signal, tail, procs))
+        for rid in pl.receivers:
+            heads.setdefault((rid, pl.signal), []).append(tail)
+    for (rid, signal), consumers in heads.items():
+        graph.receivers[rid].set_consumer(signal, consumers[0] if len(consumers) == 1 else FanOut(consumers))
+    return graph

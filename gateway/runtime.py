@@ -1,0 +1,126 @@
+"""The running gateway: start order, readiness, signals and graceful shutdown.
+
+Start: exporters → processors → receivers → admin server, so nothing is
+accepted before it can go somewhere. Shutdown reverses it: receivers stop
+accepting first, processors flush (the batch buffer), then exporter queues
+drain within `service.shutdown_timeout`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from typing import Any
+
+from gateway.admin import AdminServer
+from gateway.config.model import GatewayConfig
+from gateway.pipeline import Graph, build_graph
+from gateway.pressure import Admission
+from gateway.telemetry import SelfTelemetry
+
+log = logging.getLogger("sentinel.runtime")
+
+
+class Gateway:
+    def __init__(self, config: GatewayConfig) -> None:
+        self.config = config
+        self.telemetry = SelfTelemetry()
+        self.admission = Admission()
+        self.graph: Graph = build_graph(config, self.telemetry, self.admission)
+        self.admin = AdminServer(config.service.telemetry.admin.endpoint, self.telemetry, self.readiness)
+        self._started = False
+        self._stopping = False
+        self._stop_event: asyncio.Event | None = None
+
+    # ---------------------------------------------------------------- lifecycle
+    async def start(self) -> None:
+        t0 = time.perf_counter()
+        self._stop_event = asyncio.Event()
+        await self.admin.start()  # liveness answers while the rest starts
+        try:
+            for exp in self.graph.exporters.values():
+                await exp.start()
+            for proc in reversed(self.graph.all_processors()):
+                await proc.start()
+            for rec in self.graph.receivers.values():
+                await rec.start()
+        except BaseException:
+            await self.shutdown()
+            raise
+        self._started = True
+        log.info(
+            "gateway started",
+            extra={
+                "fields": {
+                    "startup_ms": round((time.perf_counter() - t0) * 1000, 1),
+                    "pipelines": [p.name for p in self.graph.pipelines],
+                    "endpoints": self.endpoints(),
+                }
+            },
+        )
+
+    async def shutdown(self) -> None:
+        if self._stopping:
+            return
+        self._stopping = True
+        timeout = self.config.service.shutdown_timeout
+        deadline = time.monotonic() + timeout
+        log.info("shutting down", extra={"fields": {"timeout_s": timeout}})
+        for rec in self.graph.receivers.values():
+            await _guard(rec.shutdown(), f"receiver {rec.id}")
+        for pl in self.graph.pipelines:
+            for proc in pl.processors:
+                await _guard(proc.shutdown(), f"processor {proc.id} in {pl.name}")
+        remaining = max(0.0, deadline - time.monotonic())
+        await asyncio.gather(
+            *(
+                _guard(asyncio.wait_for(exp.shutdown(), remaining or 0.001), f"exporter {exp.id}")
+                for exp in self.graph.exporters.values()
+            )
+        )
+        await self.admin.stop()
+        if self._stop_event is not None:
+            self._stop_event.set()
+        log.info("gateway stopped")
+
+    async def run_until_stopped(self) -> None:
+        """Start, then serve until SIGTERM/SIGINT or `request_stop()`."""
+        await self.start()
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        self._external_stop = stop
+        await stop.wait()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        await self.shutdown()
+
+    def request_stop(self) -> None:
+        stop = getattr(self, "_external_stop", None)
+        if stop is not None:
+            stop.set()
+
+    # ---------------------------------------------------------------- state
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        receivers = {str(cid): r.listening() for cid, r in self.graph.receivers.items()}
+        ready = self._started and not self._stopping and all(receivers.values())
+        return ready, {"receivers": receivers, "pipelines": [p.name for p in self.graph.pipelines]}
+
+    def endpoints(self) -> dict[str, str]:
+        out = {"admin": self.admin.bound}
+        for cid, rec in self.graph.receivers.items():
+            for transport, addr in rec.endpoints().items():
+                out[f"{cid}/{transport}"] = addr
+        return out
+
+
+async def _guard(coro: Any, what: str) -> None:
+    try:
+        await coro
+    except TimeoutError:
+        log.error(f"{what} did not finish within the shutdown timeout; remaining data is dropped")
+    except Exception:
+        log.exception(f"{what} failed during shutdown")

@@ -1,0 +1,6 @@
+"""Processors: type name → module exposing FACTORY."""
+
+REGISTRY: dict[str, str] = {
+    "batch": "processors.batch",
+    "memory_limiter": "processors.memory_limiter",
+}
