@@ -48,7 +48,8 @@ class ComponentId:
     def parse(cls, text: str) -> ComponentId:
         if not _ID_RE.match(text):
             raise ValueError(
-                f"invalid component id {text!r}: expected type[/name], type in lowercase letters, digits and _"
+                f"invalid component id {text!r}: expected type[/name] "
+                "(type in lowercase letters, digits and _)"
             )
         typ, _, name = text.partition("/")
         return cls(typ, name)
@@ -78,9 +79,9 @@ def parse_duration(value: Any) -> Any:
         total += float(m.group(1)) * _UNIT[m.group(2)]
     if re.fullmatch(r"((\d+(?:\.\d*)?)(ns|us|µs|ms|s|m|h))+", rest):
         return total
-    m = _DURATION_RE.match(rest)
-    if m and m.group(2) is None:
-        return float(m.group(1))
+    plain = _DURATION_RE.match(rest)
+    if plain and plain.group(2) is None:
+        return float(plain.group(1))
     raise ValueError(f"invalid duration {value!r}: expected a number of seconds or e.g. 500ms, 5s, 1m30s")
 
 
@@ -106,6 +107,10 @@ class ConsumeError(Exception):
 
 class RefusedError(ConsumeError):
     """Refused under pressure (memory, full queue): the client should back off and retry."""
+
+
+class ThrottledError(RefusedError):
+    """Refused because data arrives faster than it drains (full queue): HTTP 429 rather than 503."""
 
 
 class PermanentError(ConsumeError):
@@ -188,13 +193,16 @@ class Exporter(Component):
         raise NotImplementedError
 
 
+ConfigClass = type[ComponentConfig]
+
+
 @dataclass(frozen=True)
 class Factory:
     """How to configure and build one component type."""
 
     type: str
     kind: Kind
-    config: type[ComponentConfig]
+    config: ConfigClass
     create: Callable[[ComponentContext, Any], Component]
     signals: frozenset[Signal] = frozenset(Signal)
     description: str = ""

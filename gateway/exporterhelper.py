@@ -26,6 +26,7 @@ from gateway.component import (
     Exporter,
     PermanentError,
     RefusedError,
+    ThrottledError,
 )
 
 
@@ -140,9 +141,11 @@ class QueuedExporter(Exporter):
             self._m_enqueue_failed[batch.signal].inc(batch.item_count)
             raise RefusedError("exporter is shutting down", retry_after=1.0)
         size = batch.nbytes
-        if self._queue.qsize() >= q.queue_size or (self._queued_bytes and self._queued_bytes + size > self._max_bytes):
+        if self._queue.qsize() >= q.queue_size or (
+            self._queued_bytes and self._queued_bytes + size > self._max_bytes
+        ):
             self._m_enqueue_failed[batch.signal].inc(batch.item_count)
-            raise RefusedError(f"sending queue of exporter {self.id} is full", retry_after=1.0)
+            raise ThrottledError(f"sending queue of exporter {self.id} is full", retry_after=1.0)
         self._queued_bytes += size
         self.ctx.admission.set_held(f"exporter:{self.id}", self._queued_bytes)
         self._queue.put_nowait(batch)

@@ -88,7 +88,9 @@ def build_graph(config: GatewayConfig, telemetry: SelfTelemetry, admission: Admi
         procs: list[Processor] = []
         for pid in reversed(pl.processors):
             spec = config.components[Kind.PROCESSOR][pid]
-            proc = spec.factory.create(_context(pid, Kind.PROCESSOR, telemetry, admission, pl.name), spec.config)
+            proc = spec.factory.create(
+                _context(pid, Kind.PROCESSOR, telemetry, admission, pl.name), spec.config
+            )
             assert isinstance(proc, Processor)
             proc.set_next(tail)
             tail = proc

@@ -69,10 +69,15 @@ class SelfTelemetry:
                 registry=r,
             )
         self.queue_size = Gauge(
-            "otelcol_exporter_queue_size", "Current size of the retry queue (in batches).", ["exporter"], registry=r
+            "otelcol_exporter_queue_size",
+            "Current size of the retry queue (in batches).",
+            ["exporter"],
+            registry=r,
         )
         self.queue_capacity = Gauge(
-            "otelcol_exporter_queue_capacity", "Fixed capacity of the retry queue (in batches).", ["exporter"],
+            "otelcol_exporter_queue_capacity",
+            "Fixed capacity of the retry queue (in batches).",
+            ["exporter"],
             registry=r,
         )
         self.processor_dropped = Counter(
@@ -129,7 +134,7 @@ class ConsoleFormatter(logging.Formatter):
         return base
 
 
-JsonFormatter.converter = time.gmtime  # type: ignore[assignment]
+JsonFormatter.converter = time.gmtime
 
 
 def setup_logging(level: str = "info", fmt: str = "console") -> None:

@@ -36,7 +36,7 @@ class _Strict(BaseModel):
 
 
 def _check_endpoint(value: str) -> str:
-    host, sep, port = value.rpartition(":")
+    _host, sep, port = value.rpartition(":")
     if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ValueError(f"invalid endpoint {value!r}: expected host:port, e.g. 127.0.0.1:8888")
     return value
@@ -180,10 +180,13 @@ def _validate_pipelines(
             issues.append(
                 locs.issue(
                     ppath,
-                    f"unknown pipeline signal {sig_name!r}; a pipeline id is <signal>[/name] with signal one of "
+                    f"unknown pipeline signal {sig_name!r}; a pipeline id is <signal>[/name], "
+                    "signal one of "
                     + ", ".join(s.value for s in Signal),
                 )
             )
+            for kind in Kind:  # its components are still referenced: don't also call them unused
+                used[kind].update(getattr(spec, kind.value))
             continue
         ok = True
         refs: dict[Kind, list[ComponentId]] = {k: [] for k in Kind}
@@ -200,7 +203,10 @@ def _validate_pipelines(
                 seen.add(ref)
                 if ref not in declared[kind]:
                     issues.append(
-                        locs.issue(rpath, f"references {kind.singular} {ref!r}, which is not defined under {kind.value}")
+                        locs.issue(
+                            rpath,
+                            f"references {kind.singular} {ref!r}, which is not defined under {kind.value}",
+                        )
                     )
                     ok = False
                     continue
@@ -255,14 +261,14 @@ def build_config(raw: dict[str, Any], locs: Locations, sources: list[str] | None
             issues.append(
                 locs.issue((key,), "unknown top-level key; expected one of " + ", ".join(sorted(_TOP_LEVEL)))
             )
-    declared = {
-        k: set(raw[k]) if isinstance(raw.get(k), dict) else set() for k in Kind
-    }
+    declared = {k: set(raw[k]) if isinstance(raw.get(k), dict) else set() for k in Kind}
     comps = _validate_components(raw, locs, issues)
     service_raw = raw.get("service")
     service = ServiceSpec()
     if service_raw is None:
-        issues.append(locs.issue((), "missing the service section (service.pipelines wires components together)"))
+        issues.append(
+            locs.issue((), "missing the service section (service.pipelines wires components together)")
+        )
     else:
         try:
             service = ServiceSpec.model_validate(service_raw)

@@ -127,23 +127,27 @@ def _construct(
         for knode, vnode in node.value:
             if knode.tag == "tag:yaml.org,2002:merge":
                 issues.append(
-                    ConfigIssue(path, "YAML merge keys (<<) are not supported", Location(file, knode.start_mark.line + 1))
+                    ConfigIssue(
+                        path,
+                        "YAML merge keys (<<) are not supported",
+                        Location(file, knode.start_mark.line + 1),
+                    )
                 )
                 continue
-            key = str(_LineLoader(" ").construct_object(knode)) if not isinstance(knode, yaml.ScalarNode) else knode.value
+            key = (
+                str(_LineLoader(" ").construct_object(knode))
+                if not isinstance(knode, yaml.ScalarNode)
+                else knode.value
+            )
             kpath = (*path, key)
             if key in out:
-                issues.append(
-                    ConfigIssue(kpath, "duplicate key", Location(file, knode.start_mark.line + 1))
-                )
+                issues.append(ConfigIssue(kpath, "duplicate key", Location(file, knode.start_mark.line + 1)))
             locs.by_path[kpath] = Location(file, knode.start_mark.line + 1)
             out[key] = _construct(vnode, kpath, file, locs, issues, env)
             locs.by_path[kpath] = Location(file, knode.start_mark.line + 1)
         return out
     if isinstance(node, yaml.SequenceNode):
-        return [
-            _construct(item, (*path, i), file, locs, issues, env) for i, item in enumerate(node.value)
-        ]
+        return [_construct(item, (*path, i), file, locs, issues, env) for i, item in enumerate(node.value)]
     assert isinstance(node, yaml.ScalarNode)
     if node.tag == "tag:yaml.org,2002:str" and "$" in node.value:
         try:
@@ -152,8 +156,14 @@ def _construct(
             issues.append(ConfigIssue(path, str(exc), Location(file, node.start_mark.line + 1)))
             return None
         if node.style is None and expanded != node.value:
-            # An unquoted ${env:PORT} should type like the value it stands for.
-            return yaml.safe_load(expanded) if expanded.strip() else ""
+            # An unquoted ${env:PORT} should type like the value it stands for;
+            # a value that is not valid YAML on its own (e.g. "[x") stays a string.
+            if not expanded.strip():
+                return ""
+            try:
+                return yaml.safe_load(expanded)
+            except yaml.YAMLError:
+                return expanded
         return expanded
     return _LineLoader(" ").construct_object(node)
 
@@ -185,7 +195,9 @@ def load_file(path: str | Path, env: Mapping[str, str] | None = None) -> tuple[d
     try:
         text = p.read_text(encoding="utf-8")
     except OSError as exc:
-        raise ConfigError([ConfigIssue((), f"cannot read config file: {exc.strerror}", Location(str(p), 0))]) from None
+        raise ConfigError(
+            [ConfigIssue((), f"cannot read config file: {exc.strerror}", Location(str(p), 0))]
+        ) from None
     return load_text(text, str(p), env)
 
 

@@ -1,0 +1,123 @@
+"""Transport-independent handling of one OTLP Export request.
+
+Both transports call `ExportHandler.handle`: decode (protobuf or JSON), drop
+structurally invalid items into `partial_success`, push the rest into the
+pipeline and count what was accepted or refused. Errors come back as typed
+exceptions that each transport maps to its own status codes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from google.protobuf.message import DecodeError
+from opentelemetry.proto.collector.logs.v1 import logs_service_pb2 as logs_pb
+from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2 as metrics_pb
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2 as trace_pb
+
+from gateway import otlpjson
+from gateway.batch import BATCH_TYPES, Batch, Signal, SpanBatch
+from gateway.component import ComponentContext, Consumer
+
+REQUEST_TYPES: dict[Signal, type[Any]] = {
+    Signal.TRACES: trace_pb.ExportTraceServiceRequest,
+    Signal.METRICS: metrics_pb.ExportMetricsServiceRequest,
+    Signal.LOGS: logs_pb.ExportLogsServiceRequest,
+}
+RESPONSE_TYPES: dict[Signal, type[Any]] = {
+    Signal.TRACES: trace_pb.ExportTraceServiceResponse,
+    Signal.METRICS: metrics_pb.ExportMetricsServiceResponse,
+    Signal.LOGS: logs_pb.ExportLogsServiceResponse,
+}
+_REJECTED_FIELD = {
+    Signal.TRACES: "rejected_spans",
+    Signal.METRICS: "rejected_data_points",
+    Signal.LOGS: "rejected_log_records",
+}
+
+
+class InvalidRequestError(ValueError):
+    """The body could not be decoded as an OTLP Export request."""
+
+
+class SignalNotEnabledError(LookupError):
+    """No pipeline takes this signal from this receiver."""
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    accepted: int
+    rejected: int
+    message: str
+
+    def response(self, signal: Signal) -> Any:
+        resp = RESPONSE_TYPES[signal]()
+        if self.rejected or self.message:
+            setattr(resp.partial_success, _REJECTED_FIELD[signal], self.rejected)
+            resp.partial_success.error_message = self.message
+        return resp
+
+
+def decode_request(signal: Signal, payload: bytes, json: bool) -> Any:
+    cls = REQUEST_TYPES[signal]
+    if json:
+        try:
+            return otlpjson.decode(payload, cls)
+        except ValueError as exc:
+            raise InvalidRequestError(f"invalid OTLP/JSON {cls.__name__}: {exc}") from None
+    msg = cls()
+    try:
+        msg.ParseFromString(payload)
+    except (DecodeError, RuntimeError, ValueError) as exc:
+        raise InvalidRequestError(f"invalid protobuf {cls.__name__}: {exc}") from None
+    return msg
+
+
+class ExportHandler:
+    """Shared by the gRPC and HTTP servers of one receiver."""
+
+    def __init__(self, ctx: ComponentContext, consumers: dict[Signal, Consumer]) -> None:
+        self.ctx = ctx
+        self.consumers = consumers
+        tel = ctx.telemetry
+        self._accepted = {
+            (s, t): tel.receiver_accepted[s].labels(receiver=str(ctx.id), transport=t)
+            for s in Signal
+            for t in ("grpc", "http")
+        }
+        self._refused = {
+            (s, t): tel.receiver_refused[s].labels(receiver=str(ctx.id), transport=t)
+            for s in Signal
+            for t in ("grpc", "http")
+        }
+
+    def refuse_count(self, signal: Signal, transport: str, n: int) -> None:
+        if n:
+            self._refused[(signal, transport)].inc(n)
+
+    async def handle(self, signal: Signal, payload: bytes, *, json: bool, transport: str) -> ExportResult:
+        """Raises InvalidRequestError, SignalNotEnabledError or ConsumeError (from the pipeline)."""
+        consumer = self.consumers.get(signal)
+        if consumer is None:
+            raise SignalNotEnabledError(f"this receiver has no pipeline for {signal.value}")
+        request = decode_request(signal, payload, json)
+        batch: Batch = BATCH_TYPES[signal].from_request(request, wire=None if json else payload)
+        rejected, message = 0, ""
+        if isinstance(batch, SpanBatch):
+            bad, reasons = batch.invalid_reasons()
+            if reasons:
+                rejected = int(bad.sum())
+                message = "; ".join(reasons)
+                batch = batch.take(~bad)
+                self.refuse_count(signal, transport, rejected)
+        items = batch.item_count
+        if len(batch) == 0:
+            return ExportResult(0, rejected, message)
+        try:
+            await consumer.consume(batch)
+        except Exception:
+            self.refuse_count(signal, transport, items)
+            raise
+        self._accepted[(signal, transport)].inc(items)
+        return ExportResult(items, rejected, message)
