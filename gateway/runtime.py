@@ -72,7 +72,8 @@ class Gateway:
             await _guard(rec.shutdown(), f"receiver {rec.id}")
         for pl in self.graph.pipelines:
             for proc in pl.processors:
-                await _guard(proc.shutdown(), f"processor {proc.id} in {pl.name}")
+                remaining = max(0.001, deadline - time.monotonic())
+                await _guard(asyncio.wait_for(proc.shutdown(), remaining), f"processor {proc.id} in {pl.name}")
         remaining = max(0.0, deadline - time.monotonic())
         await asyncio.gather(
             *(

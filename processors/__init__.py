@@ -3,4 +3,5 @@
 REGISTRY: dict[str, str] = {
     "batch": "processors.batch",
     "memory_limiter": "processors.memory_limiter",
+    "redact": "processors.redact",
 }
