@@ -31,6 +31,8 @@ class SelfTelemetry:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        # Per-runtime singletons of components that several instances share (e.g. LLM metrics).
+        self.shared: dict[str, Any] = {}
         r = self.registry
         self.receiver_accepted: dict[Signal, Counter] = {}
         self.receiver_refused: dict[Signal, Counter] = {}

@@ -2,6 +2,7 @@
 
 REGISTRY: dict[str, str] = {
     "batch": "processors.batch",
+    "genai": "processors.genai",
     "memory_limiter": "processors.memory_limiter",
     "redact": "processors.redact",
 }

@@ -1,0 +1,161 @@
+"""Processor `genai`: recognise LLM spans, extract one row of facts per call, price it, count it.
+
+Adds columns to the span batch (the input of detection), applies the sanity
+rules and feeds the LLM metrics on /metrics. Spans are forwarded unchanged;
+non-LLM spans get `llm = False` and are never counted.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from pydantic import Field
+
+from gateway.batch import Batch, Signal, SpanBatch
+from gateway.component import ComponentConfig, ComponentContext, Factory, Kind, Processor
+from processors.genai.extract import STRING_COLUMNS, extract
+from processors.genai.metrics import LABELS, LlmMetrics
+from processors.genai.pricing import PriceOverride, PriceTable, default_price_table
+from processors.genai.validation import ValidationRules, apply_rules
+
+
+class MetricsSettings(ComponentConfig):
+    enabled: bool = True
+    max_series: int = Field(
+        default=1000, ge=1, description="Label sets before folding into an overflow series."
+    )
+
+
+class GenAIConfig(ComponentConfig):
+    builtin_prices: bool = Field(default=True, description="Use the shipped price table (LiteLLM, MIT).")
+    prices: dict[str, PriceOverride] = Field(
+        default_factory=dict,
+        description="Extra or replacement prices, USD per million tokens, keyed by [provider/]model.",
+    )
+    validation: ValidationRules = ValidationRules()
+    metrics: MetricsSettings = MetricsSettings()
+
+
+def shared_metrics(ctx: ComponentContext, max_series: int) -> LlmMetrics:
+    """One LLM metrics aggregator per runtime, however many pipelines run a genai processor."""
+    metrics = ctx.telemetry.shared.get("llm_metrics")
+    if metrics is None:
+        metrics = LlmMetrics(max_series=max_series)
+        ctx.telemetry.registry.register(metrics)
+        ctx.telemetry.shared["llm_metrics"] = metrics
+    return metrics  # type: ignore[no-any-return]
+
+
+class GenAIProcessor(Processor):
+    config: GenAIConfig
+
+    def __init__(self, ctx: ComponentContext, config: GenAIConfig) -> None:
+        super().__init__(ctx, config)
+        base = default_price_table() if config.builtin_prices else PriceTable({})
+        self.prices = base.with_overrides(config.prices) if config.prices else base
+        self.metrics = shared_metrics(ctx, config.metrics.max_series) if config.metrics.enabled else None
+
+    async def consume(self, batch: Batch) -> None:
+        if isinstance(batch, SpanBatch) and len(batch):
+            self.annotate(batch)
+        await self.next_consumer.consume(batch)
+
+    def annotate(self, batch: SpanBatch) -> None:
+        """Add the LLM columns to `batch` and update metrics."""
+        ex = extract(batch)
+        f = ex.floats
+        f["cost_usd"] = self._cost(batch, ex.llm, ex.strings, f)
+        invalid = apply_rules(self.config.validation, f)
+        for name in (
+            "input_tokens",
+            "output_tokens",
+            "cached_input_tokens",
+            "reasoning_tokens",
+            "latency_s",
+            "ttft_s",
+            "cost_usd",
+        ):
+            batch.add_column(name, f[name])
+        for name in STRING_COLUMNS:
+            batch.add_column(name, ex.strings[name], is_string=True)
+        batch.add_column("llm", ex.llm)
+        batch.add_column("stream", ex.stream)
+        batch.add_column("error", ex.error)
+        batch.add_column("rate_limited", ex.rate_limited)
+        batch.add_column("truncated", ex.truncated)
+        if self.metrics is None:
+            return
+        for rule, n in invalid.items():
+            self.metrics.count_invalid(rule, n)
+        rows = np.flatnonzero(ex.llm)
+        if not rows.shape[0]:
+            return
+        c = batch.columns
+        codes = np.stack(
+            [c["service"][rows]]
+            + [
+                ex.strings[n][rows]
+                for n in ("provider", "operation", "request_model", "response_model", "error_type")
+            ],
+            axis=1,
+        )
+        uniq, inverse = np.unique(codes, axis=0, return_inverse=True)
+        values = batch.strings.values
+        label_values = [tuple(values[x] if x >= 0 else "" for x in u) for u in uniq.tolist()]
+        assert len(label_values[0]) == len(LABELS)
+        outcome = np.where(ex.rate_limited[rows], 2, np.where(ex.error[rows], 1, 0))
+        self.metrics.observe(
+            inverse.reshape(-1),
+            label_values,
+            latency_s=f["latency_s"][rows],
+            ttft_s=f["ttft_s"][rows],
+            input_tokens=f["input_tokens"][rows],
+            output_tokens=f["output_tokens"][rows],
+            cost_usd=f["cost_usd"][rows],
+            outcome=outcome,
+            finish_reasons=[ex.finish_reasons[r] for r in rows.tolist()],
+        )
+
+    def _cost(
+        self, batch: SpanBatch, llm: np.ndarray, strs: dict[str, np.ndarray], f: dict[str, np.ndarray]
+    ) -> np.ndarray:
+        n = len(batch)
+        price_rows = np.full(n, -1, dtype=np.int64)
+        rows = np.flatnonzero(llm)
+        if rows.shape[0]:
+            values = batch.strings.values
+            pairs = np.stack(
+                [strs["provider"][rows], strs["response_model"][rows], strs["request_model"][rows]], axis=1
+            )
+            uniq, inverse = np.unique(pairs, axis=0, return_inverse=True)
+            found = []
+            for prov, resp, req in uniq.tolist():
+                provider = values[prov] if prov >= 0 else None
+                idx = self.prices.lookup_index(provider, values[resp]) if resp >= 0 else -1
+                if idx < 0 and req >= 0:
+                    idx = self.prices.lookup_index(provider, values[req])
+                found.append(idx)
+            price_rows[rows] = np.asarray(found, dtype=np.int64)[inverse.reshape(-1)]
+        cost = self.prices.cost_many(
+            price_rows, f["input_tokens"], f["output_tokens"], f["cached_input_tokens"], f["reasoning_tokens"]
+        )
+        carried = f["span_cost_usd"]
+        use_carried = np.isnan(cost) & ~np.isnan(carried)
+        cost[use_carried] = carried[use_carried]
+        cost[~llm] = np.nan
+        return cost
+
+
+def _create(ctx: ComponentContext, config: Any) -> GenAIProcessor:
+    return GenAIProcessor(ctx, config)
+
+
+FACTORY = Factory(
+    type="genai",
+    kind=Kind.PROCESSOR,
+    config=GenAIConfig,
+    create=_create,
+    signals=frozenset({Signal.TRACES, Signal.METRICS, Signal.LOGS}),
+    description="Recognises LLM spans across instrumentation families; extracts, prices and counts each call.",
+)

@@ -141,8 +141,6 @@ def _basic_ok(value: str) -> bool:
     return b":" in raw
 
 
-_TOKEN_WORDS = ("token",)
-
 
 def _kv_ok(key: str, value: str) -> bool:
     # `token: 123` / `max-token=512` are counts, not credentials

@@ -1,0 +1,255 @@
+"""Turn spans into LLM-call columns, following the precedence table in `families`.
+
+This is the reference path: one pass over each span's attributes (keeping only
+the keys we need), then the precedence rules. Missing stays missing: unknown
+token counts are NaN, unknown stream flag is -1, never 0.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import orjson
+
+from gateway.batch import SpanBatch, StringTable
+from processors.genai.families import (
+    LLM_MARKERS,
+    LLM_OPERATIONS,
+    OPENINFERENCE_KINDS,
+    PRECEDENCE,
+    REQUEST_TYPES,
+    TRUNCATION_REASONS,
+    WANTED_KEYS,
+)
+
+STATUS_ERROR = 2
+_INDEXED_FINISH = re.compile(
+    r"^(?:gen_ai\.completion|llm\.output_messages)\.(\d+)\.(?:message\.)?finish_reason$"
+)
+_RATE_LIMIT_RE = re.compile(r"rate.?limit|too.?many.?requests|\b429\b", re.IGNORECASE)
+_FIRST_CHUNK_EVENTS = (
+    "llm.content.completion.chunk",
+    "First Token Stream Event",
+    "gen_ai.content.completion.chunk",
+)
+
+FLOAT_COLUMNS = (
+    "input_tokens",
+    "output_tokens",
+    "cached_input_tokens",
+    "reasoning_tokens",
+    "latency_s",
+    "ttft_s",
+    "span_cost_usd",
+)
+STRING_COLUMNS = ("provider", "operation", "request_model", "response_model", "error_type", "finish_reason")
+
+
+def _any_value(v: Any) -> Any:
+    """Python value of an OTLP AnyValue (arrays become lists)."""
+    kind = v.WhichOneof("value")
+    if kind == "string_value":
+        return v.string_value
+    if kind == "int_value":
+        return v.int_value
+    if kind == "double_value":
+        return v.double_value
+    if kind == "bool_value":
+        return v.bool_value
+    if kind == "array_value":
+        return [_any_value(x) for x in v.array_value.values]
+    if kind == "bytes_value":
+        return v.bytes_value
+    return None
+
+
+def _number(v: Any) -> float:
+    if isinstance(v, bool) or v is None:
+        return math.nan
+    if isinstance(v, int | float):
+        return float(v)
+    if isinstance(v, str):
+        try:
+            return float(v)
+        except ValueError:
+            return math.nan
+    return math.nan
+
+
+def _first(attrs: dict[str, Any], field: str) -> Any:
+    for key, _family in PRECEDENCE[field]:
+        if key in attrs:
+            return attrs[key]
+    return None
+
+
+def _first_number(attrs: dict[str, Any], field: str) -> float:
+    for key, _family in PRECEDENCE[field]:
+        if key in attrs:
+            n = _number(attrs[key])
+            if not math.isnan(n):
+                return n
+    return math.nan
+
+
+def _finish_reasons(attrs: dict[str, Any], indexed: dict[int, str]) -> list[str]:
+    v = attrs.get("gen_ai.response.finish_reasons")
+    if isinstance(v, list) and v:
+        return [str(x) for x in v]
+    if isinstance(v, str) and v:
+        if v.startswith("["):
+            try:
+                parsed = orjson.loads(v)
+                if isinstance(parsed, list):
+                    return [str(x) for x in parsed]
+            except orjson.JSONDecodeError:
+                pass
+        return [v]
+    if indexed:
+        return [indexed[i] for i in sorted(indexed)]
+    v = attrs.get("llm.finish_reason")
+    if v:
+        return [str(v)]
+    return []
+
+
+def _stream_flag(attrs: dict[str, Any]) -> int:
+    for key in ("gen_ai.request.stream", "llm.is_streaming", "gen_ai.request.is_stream"):
+        v = attrs.get(key)
+        if isinstance(v, bool):
+            return int(v)
+        if isinstance(v, str) and v.lower() in ("true", "false"):
+            return int(v.lower() == "true")
+    params = attrs.get("llm.invocation_parameters")
+    if isinstance(params, str) and '"stream"' in params:
+        try:
+            stream = orjson.loads(params).get("stream")
+        except (orjson.JSONDecodeError, AttributeError):
+            return -1
+        if isinstance(stream, bool):
+            return int(stream)
+    return -1
+
+
+def classify(attrs: dict[str, Any]) -> str | None:
+    """The normalised operation of an LLM span, or None for spans that are not model calls."""
+    kind = attrs.get("openinference.span.kind")
+    if isinstance(kind, str):
+        return OPENINFERENCE_KINDS.get(kind.upper())
+    op = attrs.get("gen_ai.operation.name")
+    if isinstance(op, str):
+        return LLM_OPERATIONS.get(op.lower())
+    rtype = attrs.get("llm.request.type")
+    if isinstance(rtype, str):
+        return REQUEST_TYPES.get(rtype.lower(), rtype.lower())
+    if any(k in attrs for k in LLM_MARKERS):
+        return "chat"
+    return None
+
+
+@dataclass
+class Extracted:
+    """Columns for one batch; rows of non-LLM spans keep their defaults."""
+
+    llm: np.ndarray
+    floats: dict[str, np.ndarray]
+    strings: dict[str, np.ndarray]
+    stream: np.ndarray
+    error: np.ndarray
+    rate_limited: np.ndarray
+    truncated: np.ndarray
+    finish_reasons: list[list[str]]
+
+
+def extract(batch: SpanBatch) -> Extracted:
+    n = len(batch)
+    table: StringTable = batch.strings
+    llm = np.zeros(n, dtype=np.bool_)
+    floats = {name: np.full(n, np.nan) for name in FLOAT_COLUMNS}
+    strs = {name: np.full(n, -1, dtype=np.int32) for name in STRING_COLUMNS}
+    stream = np.full(n, -1, dtype=np.int8)
+    error = np.zeros(n, dtype=np.bool_)
+    rate_limited = np.zeros(n, dtype=np.bool_)
+    truncated = np.zeros(n, dtype=np.bool_)
+    reasons_per_row: list[list[str]] = [[] for _ in range(n)]
+    status = batch.columns["status_code"]
+    start = batch.columns["start_ns"]
+    latency = (batch.columns["end_ns"] - start) / 1e9
+
+    for row, span in enumerate(batch.iter_items()):
+        attrs: dict[str, Any] = {}
+        indexed_finish: dict[int, str] = {}
+        for kv in span.attributes:
+            key = kv.key
+            if key in WANTED_KEYS:
+                attrs[key] = _any_value(kv.value)
+            elif key.endswith("finish_reason"):
+                m = _INDEXED_FINISH.match(key)
+                if m:
+                    indexed_finish[int(m.group(1))] = str(_any_value(kv.value))
+        operation = classify(attrs)
+        if operation is None:
+            continue
+        llm[row] = True
+        strs["operation"][row] = table.intern(operation)
+        provider = _first(attrs, "provider")
+        if isinstance(provider, str) and provider:
+            strs["provider"][row] = table.intern(provider.lower())
+        req_model = _first(attrs, "request_model")
+        resp_model = _first(attrs, "response_model")
+        if isinstance(req_model, str) and req_model:
+            strs["request_model"][row] = table.intern(req_model)
+        if isinstance(resp_model, str) and resp_model:
+            strs["response_model"][row] = table.intern(resp_model)
+        for name in ("input_tokens", "output_tokens", "cached_input_tokens", "reasoning_tokens"):
+            floats[name][row] = _first_number(attrs, name)
+        if math.isnan(floats["input_tokens"][row]) and operation == "embeddings":
+            floats["input_tokens"][row] = _first_number(attrs, "total_tokens")
+        if operation == "embeddings" and math.isnan(floats["output_tokens"][row]):
+            if not math.isnan(floats["input_tokens"][row]):
+                floats["output_tokens"][row] = 0.0  # embeddings produce no output tokens
+        floats["latency_s"][row] = latency[row]
+        floats["span_cost_usd"][row] = _first_number(attrs, "cost_usd")
+
+        ttft = _first_number(attrs, "ttft_s")
+        exc_type = exc_msg = None
+        for ev in span.events:
+            if ev.name == "exception":
+                for kv in ev.attributes:
+                    if kv.key == "exception.type":
+                        exc_type = kv.value.string_value
+                    elif kv.key == "exception.message":
+                        exc_msg = kv.value.string_value
+            elif math.isnan(ttft) and ev.name in _FIRST_CHUNK_EVENTS and ev.time_unix_nano:
+                ttft = (ev.time_unix_nano - span.start_time_unix_nano) / 1e9
+        floats["ttft_s"][row] = ttft
+        flag = _stream_flag(attrs)
+        if flag < 0 and not math.isnan(ttft):
+            flag = 1
+        stream[row] = flag
+
+        reasons = _finish_reasons(attrs, indexed_finish)
+        reasons_per_row[row] = reasons
+        if reasons:
+            strs["finish_reason"][row] = table.intern(reasons[0])
+            truncated[row] = any(r in TRUNCATION_REASONS for r in reasons)
+
+        err_type = attrs.get("error.type")
+        is_error = status[row] == STATUS_ERROR or bool(err_type)
+        if is_error:
+            error[row] = True
+            etype = str(err_type or exc_type or "_OTHER")
+            strs["error_type"][row] = table.intern(etype)
+            http_status = attrs.get("http.response.status_code", attrs.get("http.status_code"))
+            rate_limited[row] = (
+                _number(http_status) == 429
+                or bool(_RATE_LIMIT_RE.search(etype))
+                or bool(exc_type and _RATE_LIMIT_RE.search(exc_type))
+                or bool(exc_msg and _RATE_LIMIT_RE.search(exc_msg))
+                or bool(span.status.message and _RATE_LIMIT_RE.search(span.status.message))
+            )
+    return Extracted(llm, floats, strs, stream, error, rate_limited, truncated, reasons_per_row)
