@@ -44,7 +44,8 @@ def shared_metrics(ctx: ComponentContext, max_series: int) -> LlmMetrics:
         metrics = LlmMetrics(max_series=max_series)
         ctx.telemetry.registry.register(metrics)
         ctx.telemetry.shared["llm_metrics"] = metrics
-    return metrics  # type: ignore[no-any-return]
+    assert isinstance(metrics, LlmMetrics)
+    return metrics
 
 
 class GenAIProcessor(Processor):
@@ -157,5 +158,5 @@ FACTORY = Factory(
     config=GenAIConfig,
     create=_create,
     signals=frozenset({Signal.TRACES, Signal.METRICS, Signal.LOGS}),
-    description="Recognises LLM spans across instrumentation families; extracts, prices and counts each call.",
+    description="Recognises LLM spans of all instrumentation families; extracts, prices, counts each call.",
 )

@@ -209,9 +209,9 @@ def extract(batch: SpanBatch) -> Extracted:
             floats[name][row] = _first_number(attrs, name)
         if math.isnan(floats["input_tokens"][row]) and operation == "embeddings":
             floats["input_tokens"][row] = _first_number(attrs, "total_tokens")
-        if operation == "embeddings" and math.isnan(floats["output_tokens"][row]):
-            if not math.isnan(floats["input_tokens"][row]):
-                floats["output_tokens"][row] = 0.0  # embeddings produce no output tokens
+        embedding_without_output = operation == "embeddings" and math.isnan(floats["output_tokens"][row])
+        if embedding_without_output and not math.isnan(floats["input_tokens"][row]):
+            floats["output_tokens"][row] = 0.0  # embeddings produce no output tokens
         floats["latency_s"][row] = latency[row]
         floats["span_cost_usd"][row] = _first_number(attrs, "cost_usd")
 
