@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, TextIO
@@ -89,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Start the gateway. Refuses to start (exit 2) when the config has any issue; "
         "on SIGTERM or SIGINT it stops receiving, flushes processors, drains exporters "
         "within service.shutdown_timeout and exits 0.",
-        epilog="examples:\n  sentinel run\n  sentinel run --config gateway.yaml --config local-overrides.yaml",
+        epilog="examples:\n  sentinel run\n  sentinel run --config gateway.yaml --config local.yaml",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_config_option(run)
@@ -133,7 +134,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return handler(args)
     except ImportError as exc:  # a component module is missing or broken: not the user's config
-        print(f"sentinel: cannot load a component module ({exc}); the installation is incomplete", file=sys.stderr)
+        print(
+            f"sentinel: cannot load a component module ({exc}); the installation is incomplete",
+            file=sys.stderr,
+        )
+        return EXIT_FAILURE
+    except BrokenPipeError:  # e.g. `sentinel config default | head`: not an error worth a traceback
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so the interpreter's final flush does not fail again
         return EXIT_FAILURE
 
 
@@ -240,8 +248,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _run_event_loop(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
-    """Run `main` on uvloop when it is installed, else on the default asyncio loop."""
+def _run_event_loop(entry: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    """Run `entry` on uvloop when it is installed, else on the default asyncio loop."""
     loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None
     try:
         import uvloop
@@ -251,4 +259,4 @@ def _run_event_loop(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
         pass
     log.debug("event loop: %s", "uvloop" if loop_factory else "asyncio")
     with asyncio.Runner(loop_factory=loop_factory) as runner:
-        runner.run(main())
+        runner.run(entry())

@@ -68,12 +68,15 @@ class Gateway:
         timeout = self.config.service.shutdown_timeout
         deadline = time.monotonic() + timeout
         log.info("shutting down", extra={"fields": {"timeout_s": timeout}})
+        t0 = time.monotonic()
         for rec in self.graph.receivers.values():
             await _guard(rec.shutdown(), f"receiver {rec.id}")
+        log.debug(f"receivers stopped after {time.monotonic() - t0:.3f}s")
         for pl in self.graph.pipelines:
             for proc in pl.processors:
                 remaining = max(0.001, deadline - time.monotonic())
                 await _guard(asyncio.wait_for(proc.shutdown(), remaining), f"processor {proc.id} in {pl.name}")
+        log.debug(f"processors flushed after {time.monotonic() - t0:.3f}s")
         remaining = max(0.0, deadline - time.monotonic())
         await asyncio.gather(
             *(
@@ -81,6 +84,7 @@ class Gateway:
                 for exp in self.graph.exporters.values()
             )
         )
+        log.debug(f"exporters drained after {time.monotonic() - t0:.3f}s")
         await self.admin.stop()
         if self._stop_event is not None:
             self._stop_event.set()

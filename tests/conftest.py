@@ -45,7 +45,12 @@ class RunningGateway:
             await gw.start()
             return gw
 
-        self.gateway = self.call(_start())
+        try:
+            self.gateway = self.call(_start())
+        except BaseException:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(10)
+            raise
         return self
 
     def call(self, coro: Any, timeout: float = 60) -> Any:

@@ -210,7 +210,11 @@ def _validate_pipelines(
                     )
                     ok = False
                     continue
-                cid = ComponentId.parse(ref)
+                try:
+                    cid = ComponentId.parse(ref)
+                except ValueError:  # an invalid id: already reported where it is defined
+                    ok = False
+                    continue
                 cspec = comps[kind].get(cid)
                 if cspec is None:  # declared but invalid: already reported
                     ok = False
@@ -275,6 +279,10 @@ def build_config(raw: dict[str, Any], locs: Locations, sources: list[str] | None
         except ValidationError as exc:
             issues.extend(pydantic_issues(exc, ("service",), locs))
             service = None  # type: ignore[assignment]
+            wiring_ok = not any(e["loc"][:1] == ("pipelines",) for e in exc.errors())
+            if isinstance(service_raw, dict) and wiring_ok:
+                # only other service keys are wrong: still check the pipelines' wiring
+                service = ServiceSpec.model_validate({"pipelines": service_raw.get("pipelines", {})})
     pipelines = _validate_pipelines(service, comps, declared, locs, issues) if service is not None else []
     if issues:
         raise ConfigError(issues)

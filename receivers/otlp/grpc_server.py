@@ -82,9 +82,13 @@ class GrpcServer:
                 root_certificates=ca,
                 require_client_auth=ca is not None,
             )
-            port = server.add_secure_port(s.endpoint, creds)
+            bind = lambda: server.add_secure_port(s.endpoint, creds)  # noqa: E731
         else:
-            port = server.add_insecure_port(s.endpoint)
+            bind = lambda: server.add_insecure_port(s.endpoint)  # noqa: E731
+        try:
+            port = bind()
+        except RuntimeError:  # grpc reports bind failures this way
+            port = 0
         if port == 0:
             raise OSError(f"otlp gRPC receiver could not bind {s.endpoint} (address in use or not available)")
         host = s.endpoint.rpartition(":")[0]

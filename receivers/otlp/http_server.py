@@ -136,6 +136,7 @@ class HttpServer:
             return
         self._server.close()
         if self._web is not None:
+            self._web.pre_shutdown()  # idle keep-alive connections close now; in-flight requests finish
             await self._web.shutdown(grace)
         await self._server.wait_closed()
         self._server = None
