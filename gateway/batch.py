@@ -163,6 +163,19 @@ class Batch:
         if is_string:
             self.string_columns.add(name)
 
+    def copy(self) -> Batch:
+        """An independent copy, so a processor in one pipeline cannot change another's data."""
+        req = self.layout.request_cls()
+        req.CopyFrom(self.request)
+        return type(self)(
+            request=req,
+            columns={k: v.copy() for k, v in self.columns.items()},
+            strings=StringTable(self.strings.values),
+            string_columns=set(self.string_columns),
+            wire=self.wire,
+            _nbytes=self._nbytes,
+        )
+
     # ---- reshaping ----------------------------------------------------------
     def take(self, rows: np.ndarray) -> Batch:
         """A new batch holding only `rows` (in ascending order); the request is rebuilt to match."""

@@ -32,16 +32,25 @@ from gateway.telemetry import SelfTelemetry
 
 
 class FanOut:
-    """Hands one batch to several consumers; the first error (if any) is reported upstream."""
+    """Hands one batch to several consumers; the first error (if any) is reported upstream.
 
-    def __init__(self, consumers: Sequence[Consumer]) -> None:
+    With `clone=True` (a receiver feeding several pipelines) every consumer but
+    the last gets its own copy, because processors such as `redact` change data
+    in place and one pipeline must never see another's edits.
+    """
+
+    def __init__(self, consumers: Sequence[Consumer], *, clone: bool = False) -> None:
         self.consumers = list(consumers)
+        self.clone = clone
 
     async def consume(self, batch: Batch) -> None:
         if len(self.consumers) == 1:
             await self.consumers[0].consume(batch)
             return
-        results = await asyncio.gather(*(c.consume(batch) for c in self.consumers), return_exceptions=True)
+        batches = [batch.copy() if self.clone else batch for _ in self.consumers[:-1]] + [batch]
+        results = await asyncio.gather(
+            *(c.consume(b) for c, b in zip(self.consumers, batches, strict=True)), return_exceptions=True
+        )
         errors = [r for r in results if isinstance(r, BaseException)]
         if errors:
             # Prefer a retryable error so clients retry rather than drop.
@@ -99,5 +108,7 @@ def build_graph(config: GatewayConfig, telemetry: SelfTelemetry, admission: Admi
         for rid in pl.receivers:
             heads.setdefault((rid, pl.signal), []).append(tail)
     for (rid, signal), consumers in heads.items():
-        graph.receivers[rid].set_consumer(signal, consumers[0] if len(consumers) == 1 else FanOut(consumers))
+        graph.receivers[rid].set_consumer(
+            signal, consumers[0] if len(consumers) == 1 else FanOut(consumers, clone=True)
+        )
     return graph

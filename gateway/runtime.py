@@ -75,7 +75,9 @@ class Gateway:
         for pl in self.graph.pipelines:
             for proc in pl.processors:
                 remaining = max(0.001, deadline - time.monotonic())
-                await _guard(asyncio.wait_for(proc.shutdown(), remaining), f"processor {proc.id} in {pl.name}")
+                await _guard(
+                    asyncio.wait_for(proc.shutdown(), remaining), f"processor {proc.id} in {pl.name}"
+                )
         log.debug(f"processors flushed after {time.monotonic() - t0:.3f}s")
         remaining = max(0.0, deadline - time.monotonic())
         await asyncio.gather(

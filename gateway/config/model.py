@@ -181,8 +181,7 @@ def _validate_pipelines(
                 locs.issue(
                     ppath,
                     f"unknown pipeline signal {sig_name!r}; a pipeline id is <signal>[/name], "
-                    "signal one of "
-                    + ", ".join(s.value for s in Signal),
+                    "signal one of " + ", ".join(s.value for s in Signal),
                 )
             )
             for kind in Kind:  # its components are still referenced: don't also call them unused

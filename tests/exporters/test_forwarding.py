@@ -24,7 +24,10 @@ def test_forward_to_another_gateway(protocol, ports, tmp_path):
     with running_gateway(gateway_config(down_ports, downstream_out)), running_gateway(upstream) as up:
         sent = make_trace_request(25, service="fwd")
         r = requests.post(
-            f"http://127.0.0.1:{ports['http']}/v1/traces", data=sent.SerializeToString(), headers=PB, timeout=5
+            f"http://127.0.0.1:{ports['http']}/v1/traces",
+            data=sent.SerializeToString(),
+            headers=PB,
+            timeout=5,
         )
         assert r.status_code == 200
         got = wait_until(lambda: len(spans_in_file(downstream_out)) == 25 and spans_in_file(downstream_out))

@@ -66,7 +66,10 @@ def test_shutdown_drains_queued_batches(ports, tmp_path):
     """Receivers stop first; everything already accepted reaches the exporter before exit."""
     out = tmp_path / "o.jsonl"
     cfg = gateway_config(
-        ports, out, processors=["batch"], processor_defs={"batch": {"timeout": "10s", "send_batch_size": 100000}}
+        ports,
+        out,
+        processors=["batch"],
+        processor_defs={"batch": {"timeout": "10s", "send_batch_size": 100000}},
     )
     gw = RunningGateway(yaml.safe_dump(cfg)).start()
     try:
