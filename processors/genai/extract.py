@@ -80,9 +80,27 @@ def _number(v: Any) -> float:
     return math.nan
 
 
+def _json_field(text: Any, name: str) -> Any:
+    """`name` from a JSON object string, parsed only when it can be there."""
+    if not isinstance(text, str) or f'"{name}"' not in text:
+        return None
+    try:
+        obj = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return None
+    return obj.get(name) if isinstance(obj, dict) else None
+
+
 def _first(attrs: dict[str, Any], field: str) -> Any:
     for key, _family in PRECEDENCE[field]:
         if key in attrs:
+            if key == "llm.invocation_parameters":
+                value = _json_field(attrs[key], "model")
+                if value:
+                    return value
+                continue
+            if key == "gen_ai.output.messages":
+                continue  # handled by _finish_reasons
             return attrs[key]
     return None
 
@@ -114,6 +132,16 @@ def _finish_reasons(attrs: dict[str, Any], indexed: dict[int, str]) -> list[str]
     v = attrs.get("llm.finish_reason")
     if v:
         return [str(v)]
+    out = attrs.get("gen_ai.output.messages")
+    if isinstance(out, str) and '"finish_reason"' in out:
+        try:
+            messages = orjson.loads(out)
+        except orjson.JSONDecodeError:
+            return []
+        if isinstance(messages, list):
+            return [
+                str(m["finish_reason"]) for m in messages if isinstance(m, dict) and m.get("finish_reason")
+            ]
     return []
 
 
@@ -125,14 +153,11 @@ def _stream_flag(attrs: dict[str, Any]) -> int:
         if isinstance(v, str) and v.lower() in ("true", "false"):
             return int(v.lower() == "true")
     params = attrs.get("llm.invocation_parameters")
-    if isinstance(params, str) and '"stream"' in params:
-        try:
-            stream = orjson.loads(params).get("stream")
-        except (orjson.JSONDecodeError, AttributeError):
-            return -1
-        if isinstance(stream, bool):
-            return int(stream)
-    return -1
+    stream = _json_field(params, "stream")
+    if isinstance(stream, bool):
+        return int(stream)
+    # OpenInference records every request parameter: no "stream" means the API default, not streaming.
+    return 0 if isinstance(params, str) and params.startswith("{") else -1
 
 
 def classify(attrs: dict[str, Any]) -> str | None:

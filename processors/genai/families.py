@@ -27,6 +27,7 @@ PRECEDENCE: dict[str, tuple[tuple[str, str], ...]] = {
     "request_model": (
         ("gen_ai.request.model", "semconv, OpenLLMetry, OpenLIT"),
         ("llm.request.model", "OpenLLMetry legacy"),
+        ("llm.invocation_parameters", 'OpenInference (JSON "model", before llm.model_name)'),
         ("llm.model_name", "OpenInference"),
         ("embedding.model_name", "OpenInference embeddings"),
     ),
@@ -70,6 +71,7 @@ PRECEDENCE: dict[str, tuple[tuple[str, str], ...]] = {
         ("gen_ai.completion.{i}.finish_reason", "OpenLLMetry (per choice)"),
         ("llm.finish_reason", "OpenInference"),
         ("llm.output_messages.{i}.message.finish_reason", "OpenInference (per message)"),
+        ("gen_ai.output.messages", "semconv ≥1.37 (finish_reason of each output message)"),
     ),
     "stream": (
         ("gen_ai.request.stream", "semconv"),
