@@ -55,6 +55,10 @@ class GenAIProcessor(Processor):
         super().__init__(ctx, config)
         base = default_price_table() if config.builtin_prices else PriceTable({})
         self.prices = base.with_overrides(config.prices) if config.prices else base
+        # User prices also cover dated snapshots and aliases of the model they name, so they are
+        # looked up first, with the table's fuzzy matching, in a table of their own.
+        self._overrides = PriceTable({}).with_overrides(config.prices) if config.prices else None
+        self._row_memo: dict[tuple[str | None, str], int] = {}
         self.metrics = shared_metrics(ctx, config.metrics.max_series) if config.metrics.enabled else None
 
     async def consume(self, batch: Batch) -> None:
@@ -118,6 +122,23 @@ class GenAIProcessor(Processor):
             finish_reasons=[ex.finish_reasons[r] for r in rows.tolist()],
         )
 
+    def _price_row(self, provider: str | None, model: str) -> int:
+        key = (provider, model)
+        row = self._row_memo.get(key)
+        if row is None:
+            row = -1
+            if self._overrides is not None:
+                hit = self._overrides.lookup(provider, model)
+                combined = self.prices.get(hit.key) if hit is not None else None
+                if combined is not None:
+                    row = combined.index
+            if row < 0:
+                row = self.prices.lookup_index(provider, model)
+            if len(self._row_memo) > 65536:
+                self._row_memo.clear()
+            self._row_memo[key] = row
+        return row
+
     def _cost(
         self, batch: SpanBatch, llm: np.ndarray, strs: dict[str, np.ndarray], f: dict[str, np.ndarray]
     ) -> np.ndarray:
@@ -133,9 +154,9 @@ class GenAIProcessor(Processor):
             found = []
             for prov, resp, req in uniq.tolist():
                 provider = values[prov] if prov >= 0 else None
-                idx = self.prices.lookup_index(provider, values[resp]) if resp >= 0 else -1
+                idx = self._price_row(provider, values[resp]) if resp >= 0 else -1
                 if idx < 0 and req >= 0:
-                    idx = self.prices.lookup_index(provider, values[req])
+                    idx = self._price_row(provider, values[req])
                 found.append(idx)
             price_rows[rows] = np.asarray(found, dtype=np.int64)[inverse.reshape(-1)]
         cost = self.prices.cost_many(
