@@ -1,4 +1,4 @@
-"""genai processor on synthetic spans: precedence, missing values, cost, sanity rules, metrics, cardinality cap."""
+"""genai processor on synthetic spans: precedence, missing values, cost, rules, metrics, series cap."""
 
 from __future__ import annotations
 
