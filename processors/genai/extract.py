@@ -146,7 +146,7 @@ def _finish_reasons(attrs: dict[str, Any], indexed: dict[int, str]) -> list[str]
 
 
 def _stream_flag(attrs: dict[str, Any]) -> int:
-    for key in ("gen_ai.request.stream", "llm.is_streaming", "gen_ai.request.is_stream"):
+    for key in ("gen_ai.request.stream", "gen_ai.is_streaming", "llm.is_streaming", "gen_ai.request.is_stream"):
         v = attrs.get(key)
         if isinstance(v, bool):
             return int(v)

@@ -64,6 +64,7 @@ PRECEDENCE: dict[str, tuple[tuple[str, str], ...]] = {
     "total_tokens": (
         ("llm.usage.total_tokens", "OpenLLMetry"),
         ("gen_ai.usage.total_tokens", "OpenLIT"),
+        ("gen_ai.client.token.usage", "OpenLIT (span attribute)"),
         ("llm.token_count.total", "OpenInference"),
     ),
     "finish_reasons": (
@@ -75,7 +76,8 @@ PRECEDENCE: dict[str, tuple[tuple[str, str], ...]] = {
     ),
     "stream": (
         ("gen_ai.request.stream", "semconv"),
-        ("llm.is_streaming", "OpenLLMetry"),
+        ("gen_ai.is_streaming", "OpenLLMetry ≥0.5x, OpenLIT"),
+        ("llm.is_streaming", "OpenLLMetry legacy"),
         ("gen_ai.request.is_stream", "OpenLIT"),
         ("llm.invocation_parameters", 'OpenInference (JSON with "stream")'),
     ),
