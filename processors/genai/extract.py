@@ -27,6 +27,7 @@ from processors.genai.families import (
 )
 
 STATUS_ERROR = 2
+_STREAM_KEYS = tuple(k for k, _ in PRECEDENCE["stream"] if k != "llm.invocation_parameters")
 _INDEXED_FINISH = re.compile(
     r"^(?:gen_ai\.completion|llm\.output_messages)\.(\d+)\.(?:message\.)?finish_reason$"
 )
@@ -146,7 +147,7 @@ def _finish_reasons(attrs: dict[str, Any], indexed: dict[int, str]) -> list[str]
 
 
 def _stream_flag(attrs: dict[str, Any]) -> int:
-    for key in ("gen_ai.request.stream", "gen_ai.is_streaming", "llm.is_streaming", "gen_ai.request.is_stream"):
+    for key in _STREAM_KEYS:
         v = attrs.get(key)
         if isinstance(v, bool):
             return int(v)

@@ -258,7 +258,7 @@ def _kv_value_ok(value: str, key: str, after: str) -> bool:
         return False
     if not value.strip(".*xX-_•") or value[0] == "=":  # `...`, `****`, `xxxx`; `secret == x`
         return False
-    if value.lower() in key.lower():  # `password=password`, `'token': 'token'`: names, not values
+    if value.lower() == key.lower().rstrip(" \t:=\"'\\"):  # `password=password`, `'token': 'token'`
         return False
     # unquoted: code rather than a credential? `token = attach(…)`, `secret=self.secret`
     return not after or (after not in "([" and _CODE_PATH.fullmatch(value) is None)
@@ -643,16 +643,19 @@ class Scanner:
 
     def _secret_matches(self, c: _Compiled, text: str, low: str | None, out: list[Span]) -> None:
         det = c.det
-        if not det.lower:
-            matches = c.rx.finditer(text)
-        elif low is not None and len(low) == len(text):
-            matches = c.rx.finditer(low)
-        else:  # lower-casing changed lengths (rare non-ASCII): case-insensitive on the text itself
-            assert c.rx_ci is not None
-            matches = c.rx_ci.finditer(text)
-        for m in matches:
-            if not det.lower or word_start(text, m.start()):
-                self._take(det, m, text, out)
+        rx, src = c.rx, text
+        if det.lower:
+            if low is not None and len(low) == len(text):
+                src = low
+            else:  # lower-casing changed lengths (rare non-ASCII): case-insensitive on the text itself
+                assert c.rx_ci is not None
+                rx = c.rx_ci
+        pos = 0
+        while (m := rx.search(src, pos)) is not None:
+            if (not det.lower or word_start(text, m.start())) and self._take(det, m, text, out):
+                pos = m.end()
+            else:
+                pos = m.start() + 1  # a rejected match must not hide one that starts inside it
 
     def _kv_by_separator(self, text: str, low: str, out: list[Span]) -> None:
         """`key: value` secrets in long text, found from each `:`/`=` instead of six keyword scans.
@@ -689,13 +692,14 @@ class Scanner:
                             break
                 i = low.find(sep, i + 1)
 
-    def _take(self, det: Detector, m: re.Match[str], text: str, out: list[Span]) -> None:
-        """Validate one secret match and add what to mask."""
+    def _take(self, det: Detector, m: re.Match[str], text: str, out: list[Span]) -> bool:
+        """Validate one secret match and add what to mask; False when it is rejected."""
         start = m.start()
         if det.value_group is None:
-            if det.check is None or det.check(m.group()):
-                out.append((start, m.end(), start, m.end(), det.kind))
-            return
+            if det.check is not None and not det.check(m.group()):
+                return False
+            out.append((start, m.end(), start, m.end(), det.kind))
+            return True
         if det.value_group == "kv":
             g = "dq" if m.start("dq") >= 0 else ("sq" if m.start("sq") >= 0 else "bare")
         else:
@@ -704,16 +708,17 @@ class Scanner:
         value = text[vs:ve]
         skip = self._skip_prefix
         if skip and value.startswith(skip):
-            return  # already masked
+            return False  # already masked
         if det.value_group == "kv":
             if _DOC_FIELD.search(text, max(0, start - 40), start):  # `:param password: The …`
-                return
+                return False
             after = (text[ve : ve + 1] or " ") if g == "bare" else ""
             if not _kv_value_ok(value, text[start:vs], after):
-                return
+                return False
         elif det.check is not None and not det.check(value):
-            return
+            return False
         out.append((start, m.end(), vs, ve, det.kind))
+        return True
 
     def _emails(self, text: str, out: list[Span]) -> None:
         """Look for addresses only around each '@' (a local part is at most 64 characters)."""
