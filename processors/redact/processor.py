@@ -1,0 +1,474 @@
+r"""`redact` processor: mask personal data and secrets before anything leaves the gateway.
+
+What it does, by signal
+-----------------------
+traces
+    Every string value of span attributes, span event attributes (e.g. the
+    `gen_ai.content.prompt` / `gen_ai.content.completion` events with
+    `gen_ai.prompt` / `gen_ai.completion`, `exception.message`), span link
+    attributes and the status message is scanned, including strings nested in
+    array and kvlist values. That covers the LLM content attributes of the
+    GenAI, OpenLLMetry/Traceloop and OpenInference conventions
+    (`gen_ai.prompt.{i}.content`, `gen_ai.input.messages` JSON, `input.value`,
+    `llm.input_messages.{i}.message.content`, `traceloop.entity.input`, …).
+    Span and event *names* are not scanned: they are low-cardinality operation
+    names by convention, and rewriting them would break grouping downstream.
+    Bytes values are left as they are (binary, not text).
+logs
+    The body (a string, or the kvlist/array bodies of GenAI log events such as
+    `gen_ai.user.message`) and the attributes, the same way.
+metrics
+    Values are not scanned (they are numbers; attribute values are dimensions).
+    Only attributes whose key names a secret are dropped, on data points and
+    exemplars.
+all signals
+    Resource and scope attributes: attributes whose key names a secret are
+    dropped; values are not scanned.
+
+Keys naming a secret (`api_key`, `password`, `authorization`, `token`, `cookie`,
+`x-api-key`, …, plus `drop_keys`) are matched case-insensitively, `-` and `_`
+alike, against the whole key or its last segment (after `.`, `/` or `:`):
+`http.request.header.authorization` and `db.password` are dropped,
+`gen_ai.usage.input_tokens`, `llm.token_count.prompt` and
+`llm.usage.total_tokens` are not (their last segment is not `token`). Nested
+kvlist entries follow the same rule. `allow_keys` (exact keys or `*` globs)
+are never touched, not even dropped.
+
+What is masked in text, and how, is in `patterns.py`. A masked value reads
+`[REDACTED:email]` (the `replacement` template, with `{type}`). With
+`summary: true` a span or log record that had anything masked or dropped gets
+`sentinel.redact.count` (int) and `sentinel.redact.types` (sorted,
+comma-separated). Every replacement, dropped attribute and truncation counts in
+`llm_sentinel_redactions_total{type}`.
+
+`max_value_length` bounds the work per value: a longer string is cut to that
+many characters before it is scanned (type `truncated`), so no unscanned text
+ever leaves the gateway; 0 disables the cut.
+
+Config
+------
+```yaml
+processors:
+  redact:
+    mask: {email: true, credit_card: true, ssn: true, phone: true, api_key: true}
+    patterns:                       # extra patterns, masked as [REDACTED:<name>]
+      - {name: employee_id, regex: '\bEMP-\d{6}\b'}
+    allow_keys: [enduser.email]     # never touched (exact keys or * globs, at any nesting level)
+    drop_keys: [enduser.id, "*.internal_*"]   # dropped like the built-in secret keys
+    replacement: "[REDACTED:{type}]"
+    summary: true
+    max_value_length: 1048576       # characters; 0 = no limit
+```
+Custom patterns run after the built-in detectors, each in its own pass, with
+no prefilter; a regex that does not compile, or matches the empty string, is a
+config error naming the pattern.
+
+Placement
+---------
+The processor changes the OTLP request *in place* (then marks the batch
+modified, so cached wire bytes are not reused). A receiver that feeds several
+pipelines gives each pipeline its own copy (see `gateway.pipeline.FanOut`), so
+a pipeline without `redact` (say a local archive) keeps the original while
+another masks. Put `redact` first in the processor list of every pipeline that
+leaves the gateway: data is then masked before any other processor or exporter
+looks at it.
+
+Work is synchronous on the event loop; on any unexpected error the batch is not
+passed on (fail closed).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+import weakref
+from collections.abc import Iterable
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter
+from pydantic import Field, field_validator, model_validator
+
+from gateway.batch import Batch, LogBatch, MetricBatch, Signal, SpanBatch
+from gateway.component import ComponentConfig, ComponentContext, Processor
+from processors.redact.patterns import (
+    BUILTIN_TYPES,
+    CATEGORIES,
+    SECRET_KEY,
+    TRUNCATED,
+    CustomPattern,
+    Scanner,
+)
+
+COUNT_ATTR = "sentinel.redact.count"
+TYPES_ATTR = "sentinel.redact.types"
+METRIC_NAME = "llm_sentinel_redactions_total"
+
+DEFAULT_SECRET_KEYS = (
+    "api_key",
+    "apikey",
+    "password",
+    "passwd",
+    "passphrase",
+    "secret",
+    "secret_key",
+    "client_secret",
+    "private_key",
+    "authorization",
+    "proxy_authorization",
+    "auth_token",
+    "access_token",
+    "refresh_token",
+    "id_token",
+    "session_token",
+    "token",
+    "cookie",
+    "set_cookie",
+    "x_api_key",
+    "x_auth_token",
+    "aws_secret_access_key",
+)
+"""Normalized (lower case, `-` → `_`) keys, or last key segments, whose attributes are dropped."""
+
+
+# ---------------------------------------------------------------- config
+class MaskConfig(ComponentConfig):
+    """Which built-in detectors run. `api_key` covers provider keys, JWTs and credentials in text."""
+
+    email: bool = True
+    credit_card: bool = True
+    ssn: bool = True
+    phone: bool = True
+    api_key: bool = True
+
+
+_NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+class PatternConfig(ComponentConfig):
+    """An extra pattern: every match is replaced, reported as type `name`."""
+
+    name: str
+    regex: str
+
+    @field_validator("name")
+    @classmethod
+    def _name_ok(cls, v: str) -> str:
+        if not _NAME_RE.match(v):
+            raise ValueError(
+                f"pattern name {v!r} must be lowercase letters, digits and _, starting with a letter"
+            )
+        if v in BUILTIN_TYPES:
+            raise ValueError(f"pattern name {v!r} is a built-in type; choose another name")
+        return v
+
+    @model_validator(mode="after")
+    def _regex_ok(self) -> PatternConfig:
+        try:
+            rx = re.compile(self.regex)
+        except re.error as e:
+            raise ValueError(f"pattern {self.name!r}: invalid regex {self.regex!r}: {e}") from None
+        if rx.fullmatch("") is not None:
+            raise ValueError(f"pattern {self.name!r}: regex {self.regex!r} matches the empty string")
+        return self
+
+
+class RedactConfig(ComponentConfig):
+    mask: MaskConfig = MaskConfig()
+    patterns: list[PatternConfig] = Field(default_factory=list)
+    allow_keys: list[str] = Field(default_factory=list)
+    drop_keys: list[str] = Field(default_factory=list)
+    replacement: str = "[REDACTED:{type}]"
+    summary: bool = True
+    max_value_length: int = Field(default=1 << 20, ge=0)
+
+    @field_validator("replacement")
+    @classmethod
+    def _replacement_ok(cls, v: str) -> str:
+        try:
+            v.format(type="x")
+        except (KeyError, IndexError, ValueError) as e:
+            raise ValueError(
+                f"invalid replacement {v!r}: only the placeholder {{type}} is allowed ({e!s})"
+            ) from None
+        return v
+
+    @field_validator("allow_keys", "drop_keys")
+    @classmethod
+    def _keys_ok(cls, v: list[str]) -> list[str]:
+        for k in v:
+            if not k.strip():
+                raise ValueError("keys must not be empty")
+        return v
+
+    @model_validator(mode="after")
+    def _unique_patterns(self) -> RedactConfig:
+        seen: set[str] = set()
+        for p in self.patterns:
+            if p.name in seen:
+                raise ValueError(f"pattern name {p.name!r} is used twice")
+            seen.add(p.name)
+        return self
+
+
+# ---------------------------------------------------------------- self-metric
+_COUNTERS: weakref.WeakKeyDictionary[CollectorRegistry, Counter] = weakref.WeakKeyDictionary()
+
+
+def redactions_counter(registry: CollectorRegistry) -> Counter:
+    """The runtime's `llm_sentinel_redactions_total{type}`, registered once per registry."""
+    counter = _COUNTERS.get(registry)
+    if counter is None:
+        existing = getattr(registry, "_names_to_collectors", {}).get(METRIC_NAME)
+        if isinstance(existing, Counter):
+            counter = existing
+        else:
+            counter = Counter(
+                METRIC_NAME,
+                "Values masked, attributes dropped and values truncated by the redact processor, by type.",
+                ["type"],
+                registry=registry,
+            )
+        _COUNTERS[registry] = counter
+    return counter
+
+
+# ---------------------------------------------------------------- key rules
+_SCAN, _ALLOW, _DROP = 0, 1, 2
+_SEGMENT_RE = re.compile(r"[./:]")
+
+
+def normalize_key(key: str) -> str:
+    return key.strip().lower().replace("-", "_")
+
+
+class KeyRules:
+    """Decides, per attribute key, whether to scan its value, leave it alone or drop it."""
+
+    _MAX_CACHE = 16384
+
+    def __init__(self, allow: Iterable[str] = (), drop: Iterable[str] = ()) -> None:
+        allow = list(allow)
+        self._allow_exact = {k for k in allow if not _is_glob(k)}
+        self._allow_globs = [k for k in allow if _is_glob(k)]
+        drop_n = [normalize_key(k) for k in drop]
+        self._secret = frozenset(DEFAULT_SECRET_KEYS) | {k for k in drop_n if not _is_glob(k)}
+        self._drop_globs = [k for k in drop_n if _is_glob(k)]
+        self._cache: dict[str, int] = {}
+
+    def action(self, key: str) -> int:
+        act = self._cache.get(key)
+        if act is None:
+            if len(self._cache) >= self._MAX_CACHE:
+                self._cache.clear()
+            act = self._cache[key] = self._classify(key)
+        return act
+
+    def is_secret(self, key: str) -> bool:
+        return self.action(key) == _DROP
+
+    def _classify(self, key: str) -> int:
+        if key in self._allow_exact or any(fnmatch.fnmatchcase(key, g) for g in self._allow_globs):
+            return _ALLOW
+        norm = normalize_key(key)
+        last = _SEGMENT_RE.split(norm)[-1]
+        if norm in self._secret or last in self._secret:
+            return _DROP
+        if any(fnmatch.fnmatchcase(norm, g) for g in self._drop_globs):
+            return _DROP
+        return _SCAN
+
+
+def _is_glob(key: str) -> bool:
+    return any(ch in key for ch in "*?[")
+
+
+# ---------------------------------------------------------------- processor
+Tally = dict[str, int]
+
+
+class RedactProcessor(Processor):
+    def __init__(self, ctx: ComponentContext, config: RedactConfig) -> None:
+        super().__init__(ctx, config)
+        cats = [c for c in CATEGORIES if getattr(config.mask, c)]
+        custom = [CustomPattern(p.name, re.compile(p.regex)) for p in config.patterns]
+        self.scanner = Scanner(cats, config.replacement, custom)
+        self.keys = KeyRules(config.allow_keys, config.drop_keys)
+        self.max_len = config.max_value_length
+        self.summary = config.summary
+        self._counter = redactions_counter(ctx.telemetry.registry)
+        self._children: dict[str, Any] = {}
+
+    async def consume(self, batch: Batch) -> None:
+        totals: Tally = {}
+        if isinstance(batch, SpanBatch):
+            changed = self._spans(batch, totals)
+        elif isinstance(batch, LogBatch):
+            changed = self._logs(batch, totals)
+        elif isinstance(batch, MetricBatch):
+            changed = self._metrics(batch, totals)
+        else:  # pragma: no cover - the three batch types are all there is
+            changed = False
+        if changed:
+            batch.mark_modified()
+            self._count(totals)
+        await self.next_consumer.consume(batch)
+
+    # ------------------------------------------------------------ per signal
+    def _spans(self, batch: SpanBatch, totals: Tally) -> bool:
+        changed = self._resources(batch, totals)
+        for span in batch.iter_items():
+            t: Tally = {}
+            self._attrs(span.attributes, t)
+            for ev in span.events:
+                self._attrs(ev.attributes, t)
+            for link in span.links:
+                self._attrs(link.attributes, t)
+            if span.HasField("status") and span.status.message:
+                new = self._text(span.status.message, t)
+                if new is not None:
+                    span.status.message = new
+            if t:
+                changed = True
+                self._finish_item(span.attributes, t, totals)
+        return changed
+
+    def _logs(self, batch: LogBatch, totals: Tally) -> bool:
+        changed = self._resources(batch, totals)
+        for rec in batch.iter_items():
+            t: Tally = {}
+            if rec.HasField("body"):
+                self._value(rec.body, t)
+            self._attrs(rec.attributes, t)
+            if t:
+                changed = True
+                self._finish_item(rec.attributes, t, totals)
+        return changed
+
+    def _metrics(self, batch: MetricBatch, totals: Tally) -> bool:
+        t: Tally = {}
+        self._resources(batch, t)
+        for metric in batch.iter_items():
+            kind = metric.WhichOneof("data")
+            if kind is None:
+                continue
+            for dp in getattr(metric, kind).data_points:
+                self._drop_secret_keys(dp.attributes, t)
+                if kind != "summary":
+                    for ex in dp.exemplars:
+                        self._drop_secret_keys(ex.filtered_attributes, t)
+        _merge(totals, t)
+        return bool(t)
+
+    def _resources(self, batch: Batch, totals: Tally) -> bool:
+        """Drop secret-keyed resource and scope attributes (values there are not scanned)."""
+        t: Tally = {}
+        lay = batch.layout
+        for res in batch.resources():
+            self._drop_secret_keys(res.resource.attributes, t)
+            for scope in getattr(res, lay.scope_field):
+                self._drop_secret_keys(scope.scope.attributes, t)
+        _merge(totals, t)
+        return bool(t)
+
+    # ------------------------------------------------------------ values
+    def _attrs(self, attrs: Any, t: Tally) -> None:
+        drop: list[int] | None = None
+        action = self.keys.action
+        for i, kv in enumerate(attrs):
+            act = action(kv.key)
+            if act == _SCAN:
+                self._value(kv.value, t)
+            elif act == _DROP:
+                if drop is None:
+                    drop = []
+                drop.append(i)
+        if drop:
+            for i in reversed(drop):
+                del attrs[i]
+            t[SECRET_KEY] = t.get(SECRET_KEY, 0) + len(drop)
+
+    def _value(self, v: Any, t: Tally) -> None:
+        kind = v.WhichOneof("value")
+        if kind == "string_value":
+            new = self._text(v.string_value, t)
+            if new is not None:
+                v.string_value = new
+        elif kind == "kvlist_value":
+            self._attrs(v.kvlist_value.values, t)
+        elif kind == "array_value":
+            for item in v.array_value.values:
+                self._value(item, t)
+
+    def _text(self, s: str, t: Tally) -> str | None:
+        """The masked text, or None when `s` stays as it is."""
+        cut = 0 < self.max_len < len(s)
+        if cut:
+            s = s[: self.max_len]
+            t[TRUNCATED] = t.get(TRUNCATED, 0) + 1
+        res = self.scanner.scan(s)
+        if res is None:
+            return s if cut else None
+        new, kinds = res
+        for k in kinds:
+            t[k] = t.get(k, 0) + 1
+        return new
+
+    def _drop_secret_keys(self, attrs: Any, t: Tally) -> None:
+        """Key rules only: drop secret-keyed entries, recurse into kvlists, never scan text."""
+        drop: list[int] | None = None
+        action = self.keys.action
+        for i, kv in enumerate(attrs):
+            act = action(kv.key)
+            if act == _DROP:
+                if drop is None:
+                    drop = []
+                drop.append(i)
+            elif act == _SCAN and kv.value.WhichOneof("value") == "kvlist_value":
+                self._drop_secret_keys(kv.value.kvlist_value.values, t)
+        if drop:
+            for i in reversed(drop):
+                del attrs[i]
+            t[SECRET_KEY] = t.get(SECRET_KEY, 0) + len(drop)
+
+    # ------------------------------------------------------------ bookkeeping
+    def _finish_item(self, attrs: Any, t: Tally, totals: Tally) -> None:
+        _merge(totals, t)
+        if self.summary:
+            _summarize(attrs, t)
+
+    def _count(self, totals: Tally) -> None:
+        for kind, n in totals.items():
+            child = self._children.get(kind)
+            if child is None:
+                child = self._children[kind] = self._counter.labels(type=kind)
+            child.inc(n)
+
+
+def _merge(into: Tally, t: Tally) -> None:
+    for k, n in t.items():
+        into[k] = into.get(k, 0) + n
+
+
+def _summarize(attrs: Any, t: Tally) -> None:
+    """Set (or, after an earlier redact, add to) the summary attributes of one item."""
+    count = sum(t.values())
+    types = set(t)
+    count_kv = types_kv = None
+    for kv in attrs:
+        if kv.key == COUNT_ATTR:
+            count_kv = kv
+        elif kv.key == TYPES_ATTR:
+            types_kv = kv
+    if count_kv is None:
+        count_kv = attrs.add(key=COUNT_ATTR)
+    elif count_kv.value.WhichOneof("value") == "int_value":
+        count += count_kv.value.int_value
+    if types_kv is None:
+        types_kv = attrs.add(key=TYPES_ATTR)
+    elif types_kv.value.WhichOneof("value") == "string_value":
+        types.update(x for x in types_kv.value.string_value.split(",") if x)
+    count_kv.value.int_value = count
+    types_kv.value.string_value = ",".join(sorted(types))
+
+
+SIGNALS = frozenset({Signal.TRACES, Signal.LOGS, Signal.METRICS})
