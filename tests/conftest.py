@@ -57,6 +57,9 @@ class RunningGateway:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
     def stop(self) -> None:
+        """Graceful shutdown; safe to call more than once."""
+        if not self._thread.is_alive():
+            return
         if self.gateway is not None:
             self.call(self.gateway.shutdown())
         self.loop.call_soon_threadsafe(self.loop.stop)

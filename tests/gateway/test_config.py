@@ -947,9 +947,14 @@ def test_embedded_default_config_validates() -> None:
     cfg = load_config(env={})
     assert cfg.sources == [DEFAULT_CONFIG_NAME]
     assert [p.name for p in cfg.pipelines] == ["traces", "metrics", "logs"]
+    procs = {p.name: [str(c) for c in p.processors] for p in cfg.pipelines}
+    assert procs == {
+        "traces": ["memory_limiter", "redact", "genai", "batch"],
+        "metrics": ["memory_limiter", "redact", "batch"],
+        "logs": ["memory_limiter", "redact", "batch"],
+    }
     for pl in cfg.pipelines:
         assert pl.receivers == (ComponentId("otlp"),)
-        assert pl.processors == (ComponentId("memory_limiter"), ComponentId("batch"))
         assert pl.exporters == (ComponentId("debug"), ComponentId("file", "local"))
     assert cfg.service.telemetry.admin.endpoint == "127.0.0.1:8888"
     assert cfg.service.telemetry.logs.level == "info"
