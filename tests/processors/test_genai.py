@@ -346,3 +346,12 @@ def test_columns_are_numba_friendly():
 def test_precedence_table_renders():
     md = precedence_markdown()
     assert "`gen_ai.provider.name`" in md and "`llm.token_count.prompt`" in md
+
+
+def test_readme_precedence_table_is_current():
+    """The README's table is generated from the code; regenerate it when families.py changes."""
+    from tests.conftest import REPO_ROOT
+
+    readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    block = readme.split("<!-- precedence:begin -->\n", 1)[1].split("\n<!-- precedence:end -->", 1)[0]
+    assert block == precedence_markdown()
