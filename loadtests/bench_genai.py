@@ -15,25 +15,23 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 import time
 from pathlib import Path
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from gateway.batch import SpanBatch  # noqa: E402
-from gateway.component import ComponentContext, ComponentId, Kind  # noqa: E402
-from gateway.pressure import Admission  # noqa: E402
-from gateway.telemetry import SelfTelemetry  # noqa: E402
-from processors.genai import FACTORY  # noqa: E402
+from gateway.batch import SpanBatch
+from gateway.component import ComponentContext, ComponentId, Kind
+from gateway.pressure import Admission
+from gateway.telemetry import SelfTelemetry
+from processors.genai import FACTORY
 
 FIXTURES = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "genai"
 
 
 def build_request(n_spans: int) -> bytes:
-    parts = [ExportTraceServiceRequest.FromString(p.read_bytes()) for p in sorted(FIXTURES.glob("*/*.traces.binpb"))]
+    paths = sorted(FIXTURES.glob("*/*.traces.binpb"))
+    parts = [ExportTraceServiceRequest.FromString(p.read_bytes()) for p in paths]
     req = ExportTraceServiceRequest()
     count = 0
     while count < n_spans:
@@ -62,7 +60,12 @@ def main() -> None:
     args = ap.parse_args()
     wire = build_request(args.spans)
     ctx = ComponentContext(
-        ComponentId("genai"), Kind.PROCESSOR, logging.getLogger("bench"), SelfTelemetry(), Admission(), "traces"
+        ComponentId("genai"),
+        Kind.PROCESSOR,
+        logging.getLogger("bench"),
+        SelfTelemetry(),
+        Admission(),
+        "traces",
     )
     proc = FACTORY.create(ctx, FACTORY.config())
     batch = SpanBatch.from_request(ExportTraceServiceRequest.FromString(wire))

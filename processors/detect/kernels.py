@@ -1,33 +1,35 @@
 """Batch numba kernels of the streaming anomaly detectors.
 
 Layout. All per-series state lives in numpy arrays with one row per series and fixed columns, so a
-processor can keep thousands of series in a few contiguous blocks and grow them by reallocating:
+processor keeps thousands of series in a few contiguous blocks and grows them by reallocating:
 
 * ``state: float64[n_series, <DETECTOR>_WIDTH]`` per detector (counters are stored as floats), and
-* for the window detectors a ring of recent values plus the same values kept sorted,
-  ``window: float64[n_series, 2 * w]`` (columns ``[0, w)`` ring in arrival order, ``[w, 2w)`` sorted).
+* where a detector needs recent values, a buffer row per series: for the median/MAD/quantile
+  detectors ``win: float64[n_series, 2·w]`` (columns ``[0, w)`` a ring in arrival order, ``[w, 2w)``
+  the same values kept sorted), for the range detector a ring of block extremes.
 
-A batch kernel processes a whole batch in one call:
-``<detector>_update(series_idx int64[m], values float64[m], state..., params...) -> (score, direction)``
-with ``score: float64[m]`` in [0, 1) and ``direction: int8[m]`` (+1 the value is above what the
-detector expects, −1 below, 0 no opinion). Points are taken in arrival order and each one updates its
-own series' row; rows of other series are never touched, so a batch of interleaved series gives the
-same result as one batch per series. A NaN value scores NaN with direction 0 and leaves the state
-untouched.
+All arrays start as zeros (a zero row is a fresh series). A batch kernel processes a whole batch in
+one call, ``<detector>_update(series_idx int64[m], values float64[m], state..., params...)`` and
+returns ``(score float64[m], direction int8[m])``: the score in [0, 1) and the direction (+1 the
+value is above what the detector expects, −1 below, 0 no opinion). Points are taken in arrival order
+and each one updates only its own series' row, so a batch of interleaved series gives exactly the
+result of one batch per series. A NaN value scores NaN with direction 0 and leaves the state untouched.
 
-Scores. Every detector computes a non-negative statistic ``u`` in *alarm units* (1.0 = the classical
-alarm level of that detector: 4 robust σ, Tukey's 1.5·IQR fence, the CUSUM decision interval h, ...)
-and maps it through ``u / (1 + u)``: monotone, 0.5 exactly at the alarm level, and 1.0 is out of reach
-in float64 for any finite statistic, so rankings of strong anomalies are kept (no ties at 1.0). During
-its warm-up (the first ``warmup`` values of a series) a detector updates its state but scores 0.
+Scores. Every detector computes a signed statistic ``u`` in *alarm units*: ``|u| = 1`` is the
+detector's classical alarm level (k robust σ, Tukey's fence, the CUSUM decision interval h, a new
+extreme of the recent range, ...). :func:`squash` maps ``|u|`` to the score: strictly increasing, 0 at
+0, exactly 0.5 at the alarm level, steep just above it (``u = 1.05`` → 0.54, ``u = 2`` → 0.79) and
+logarithmic beyond, so it never reaches 1.0 in float64 for any finite statistic — strong anomalies keep
+their ranking instead of tying at 1.0. During its warm-up (the first ``warmup`` values of a series) a
+detector learns but scores 0.
 
-Spread floor. Dispersion estimates (EWM standard deviation, MAD, IQR) are floored at
+Spread floor. Dispersion estimates (EWM standard deviation, MAD, IQR, range span) are floored at
 ``max(rel_floor·|level|, abs_floor)`` where ``level`` is the detector's estimate of the series' level
-(mean or median). A perfectly flat stretch therefore does not turn the next small wiggle into an
-infinite z-score: a change must be large relative to the series' own magnitude.
+(mean or median): on a flat stretch a wiggle must be large relative to the series' own magnitude
+before it counts, instead of producing an infinite z-score.
 
-The per-point ``*_step`` functions are the single source of each detector's arithmetic; the batch
-kernels and the ensemble kernel (``processors.detect.ensemble``) call them in their loops.
+The ``*_stat`` / ``*_step`` functions hold each detector's arithmetic for one value; the batch kernels
+here and the ensemble kernel (``processors.detect.ensemble``) call them in their loops.
 """
 
 from __future__ import annotations
@@ -39,26 +41,43 @@ from numba import njit
 
 # Columns of the per-detector state rows.
 EWMA_WIDTH = 3  # count, mean, var
-ROBUST_WIDTH = 2  # count, ring head
+WINDOW_WIDTH = 2  # count, ring head (robust z, IQR, Hampel: the values live in the `win` buffer)
 CUSUM_WIDTH = 5  # count, mean, var, s_pos, s_neg
-RANGE_WIDTH = 11  # count, center, lr_mean, lr_dev, cur_max, cur_min, n_in_block, block, hi, lo, n_blocks
-# IQR and Hampel share the window layout of the robust detector (count, head + ring/sorted buffer).
+RANGE_WIDTH = 11  # count, centre, lr_mean, lr_dev, blk_max, blk_min, n_in_block, block, hi, lo, n_blocks
+
+MAD_TO_SIGMA = 1.4826
+SQUASH_POWER = 4.0
 
 JIT = {"cache": True, "nogil": True}
 
 
 @njit(**JIT)
 def squash(u):  # pragma: no cover - compiled
-    """u/(1+u) for u >= 0: 0.5 at the alarm level (u = 1), strictly increasing, never exactly 1."""
-    if u <= 0.0:
+    """Score of a statistic ``u >= 0`` in alarm units: ``v/(1+v)`` with ``v = u⁴`` below the alarm
+    level and ``v = 1 + 4·ln u`` above it (continuous with continuous slope at ``u = 1``)."""
+    if not u > 0.0:
         return 0.0
-    return u / (1.0 + u)
+    if u <= 1.0:
+        v = u * u
+        v = v * v
+    else:
+        v = 1.0 + SQUASH_POWER * math.log(u)
+    return v / (1.0 + v)
 
 
 @njit(**JIT)
 def spread_floor(level, rel_floor, abs_floor):  # pragma: no cover - compiled
     f = rel_floor * abs(level)
     return f if f > abs_floor else abs_floor
+
+
+@njit(**JIT)
+def _sign(u):  # pragma: no cover - compiled
+    if u > 0.0:
+        return 1
+    if u < 0.0:
+        return -1
+    return 0
 
 
 # ------------------------------------------------------------------------------------------ EWMA
@@ -79,9 +98,8 @@ def ewma_step(row, x, alpha, warmup, k_alarm, rel_floor, abs_floor):  # pragma: 
         fl = spread_floor(mean, rel_floor, abs_floor)
         if sd < fl:
             sd = fl
-        z = (x - mean) / sd
         if n >= warmup:
-            u = z / k_alarm
+            u = (x - mean) / sd / k_alarm
         d = x - mean
         row[1] = mean + alpha * d
         row[2] = (1.0 - alpha) * (var + alpha * d * d)
@@ -94,12 +112,12 @@ def ewma_update(series_idx, values, state, alpha, warmup, k_alarm, rel_floor, ab
     """EWMA/EWMV z-score.
 
     Catches: values far from an exponentially weighted mean in units of the exponentially weighted
-    standard deviation — spikes and the first points of a level shift; adapts to slow drift.
-    Statistic: ``|x − mean| / max(sd, floor) / k_alarm`` with mean and variance taken *before* the
-    value is absorbed (``mean += α·d; var = (1−α)(var + α·d²)``).
-    Parameters: ``alpha`` smoothing (≈ 2/(span+1)), ``k_alarm`` z at which the score is 0.5,
-    ``rel_floor``/``abs_floor`` the spread floor. Warm-up: ``warmup`` values (≥ 1).
-    State: ``float64[n_series, EWMA_WIDTH]`` zeros.
+    standard deviation — spikes, dips and the first values of a level shift; follows slow drift.
+    Statistic: ``(x − mean) / max(sd, floor) / k_alarm`` with mean and variance taken *before* the
+    value is absorbed (``d = x − mean; mean += α·d; var = (1 − α)(var + α·d²)``).
+    Parameters: ``alpha`` smoothing (≈ 2/(span + 1)); ``k_alarm`` the z at score 0.5 (e.g. 4);
+    ``rel_floor``/``abs_floor`` the floor on sd. Warm-up: ``warmup`` values (the first value only
+    initialises the mean). State: ``float64[n_series, EWMA_WIDTH]`` zeros.
     """
     m = values.shape[0]
     score = np.empty(m, dtype=np.float64)
@@ -111,10 +129,7 @@ def ewma_update(series_idx, values, state, alpha, warmup, k_alarm, rel_floor, ab
             continue
         u = ewma_step(state[series_idx[i]], x, alpha, warmup, k_alarm, rel_floor, abs_floor)
         score[i] = squash(abs(u))
-        if u > 0.0:
-            direction[i] = 1
-        elif u < 0.0:
-            direction[i] = -1
+        direction[i] = _sign(u)
     return score, direction
 
 
@@ -122,36 +137,29 @@ def ewma_update(series_idx, values, state, alpha, warmup, k_alarm, rel_floor, ab
 
 
 @njit(**JIT)
-def window_push(row, buf, w, x):  # pragma: no cover - compiled
-    """Add ``x`` to a series' window (ring ``buf[:w]`` + sorted copy ``buf[w:2w]``), evicting the oldest.
+def _lower_bound(buf, lo, hi, x):  # pragma: no cover - compiled
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if buf[mid] < x:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
 
-    ``row[0]`` counts values seen, ``row[1]`` is the ring head. O(w) moves, O(log w) search.
+
+@njit(**JIT)
+def window_push(row, buf, w, x):  # pragma: no cover - compiled
+    """Add ``x`` to a series' window (ring ``buf[:w]``, sorted copy ``buf[w:2w]``), evicting the oldest.
+
+    ``row[0]`` counts the values seen, ``row[1]`` is the ring head. Two binary searches and one
+    shift of the sorted values between the evicted and the inserted position (at most w moves).
     """
     n = int(row[0])
     filled = n if n < w else w
     head = int(row[1])
     if filled == w:
-        old = buf[head]
-        # position of one copy of `old` in the sorted part
-        lo = w
-        hi = w + filled
-        while lo < hi:
-            mid = (lo + hi) >> 1
-            if buf[mid] < old:
-                lo = mid + 1
-            else:
-                hi = mid
-        p_old = lo
-        # insertion point of x (as if `old` were absent)
-        lo = w
-        hi = w + filled
-        while lo < hi:
-            mid = (lo + hi) >> 1
-            if buf[mid] < x:
-                lo = mid + 1
-            else:
-                hi = mid
-        p_new = lo
+        p_old = _lower_bound(buf, w, w + filled, buf[head])
+        p_new = _lower_bound(buf, w, w + filled, x)
         if p_new > p_old:
             for j in range(p_old, p_new - 1):
                 buf[j] = buf[j + 1]
@@ -161,17 +169,10 @@ def window_push(row, buf, w, x):  # pragma: no cover - compiled
                 buf[j] = buf[j - 1]
             buf[p_new] = x
     else:
-        lo = w
-        hi = w + filled
-        while lo < hi:
-            mid = (lo + hi) >> 1
-            if buf[mid] < x:
-                lo = mid + 1
-            else:
-                hi = mid
-        for j in range(w + filled, lo, -1):
+        p_new = _lower_bound(buf, w, w + filled, x)
+        for j in range(w + filled, p_new, -1):
             buf[j] = buf[j - 1]
-        buf[lo] = x
+        buf[p_new] = x
     buf[head] = x
     head += 1
     if head == w:
@@ -182,7 +183,7 @@ def window_push(row, buf, w, x):  # pragma: no cover - compiled
 
 @njit(**JIT)
 def sorted_quantile(buf, w, filled, q):  # pragma: no cover - compiled
-    """Linear-interpolated quantile of the sorted part (``buf[w:w+filled]``)."""
+    """Linearly interpolated quantile of the sorted part ``buf[w:w+filled]`` (numpy's default rule)."""
     pos = q * (filled - 1)
     lo = int(math.floor(pos))
     hi = lo + 1 if lo + 1 < filled else lo
@@ -191,23 +192,23 @@ def sorted_quantile(buf, w, filled, q):  # pragma: no cover - compiled
 
 
 @njit(**JIT)
-def sorted_mad(buf, w, filled, med):  # pragma: no cover - compiled
-    """Median absolute deviation from ``med`` of the sorted part, by merging outward from the median.
+def sorted_median(buf, w, filled):  # pragma: no cover - compiled
+    h = filled >> 1
+    if filled & 1:
+        return buf[w + h]
+    return 0.5 * (buf[w + h - 1] + buf[w + h])
 
-    The deviations left of ``med`` and right of it are two sorted sequences; their k-th smallest is
-    found by walking both from ``med`` outward (at most filled/2 + 1 steps).
+
+@njit(**JIT)
+def sorted_mad(buf, w, filled, med):  # pragma: no cover - compiled
+    """Median absolute deviation from ``med`` of the sorted part.
+
+    The deviations of the values left of ``med`` and right of it form two sorted sequences; the
+    median of their union is reached by walking both outward from ``med`` (≤ filled/2 + 1 steps).
     """
-    # first index with value >= med
-    lo = w
-    hi = w + filled
-    while lo < hi:
-        mid = (lo + hi) >> 1
-        if buf[mid] < med:
-            lo = mid + 1
-        else:
-            hi = mid
-    left = lo - 1  # walks down
-    right = lo  # walks up
+    start = _lower_bound(buf, w, w + filled, med)
+    left = start - 1
+    right = start
     end = w + filled
     k_hi = filled // 2
     k_lo = k_hi if filled % 2 == 1 else k_hi - 1
@@ -225,51 +226,34 @@ def sorted_mad(buf, w, filled, med):  # pragma: no cover - compiled
     return 0.5 * (prev + cur)
 
 
-@njit(**JIT)
-def sorted_median(buf, w, filled):  # pragma: no cover - compiled
-    h = filled >> 1
-    if filled & 1:
-        return buf[w + h]
-    return 0.5 * (buf[w + h - 1] + buf[w + h])
-
-
 # ------------------------------------------------------------------------------------ robust z
 
 
-MAD_TO_SIGMA = 1.4826
+@njit(**JIT)
+def robust_stat(buf, w, filled, x, k_alarm, rel_floor, abs_floor):  # pragma: no cover - compiled
+    """Signed robust z of ``x`` against the window, in alarm units (no state change)."""
+    med = sorted_median(buf, w, filled)
+    sd = MAD_TO_SIGMA * sorted_mad(buf, w, filled, med)
+    fl = spread_floor(med, rel_floor, abs_floor)
+    if sd < fl:
+        sd = fl
+    return (x - med) / sd / k_alarm
 
 
 @njit(**JIT)
-def robust_step(row, buf, w, x, warmup, k_alarm, rel_floor, abs_floor):  # pragma: no cover - compiled
-    """One value of the rolling median/MAD z-score; signed statistic in alarm units."""
-    n = int(row[0])
-    filled = n if n < w else w
-    u = 0.0
-    if n >= warmup and filled > 0:
-        med = sorted_median(buf, w, filled)
-        sd = MAD_TO_SIGMA * sorted_mad(buf, w, filled, med)
-        fl = spread_floor(med, rel_floor, abs_floor)
-        if sd < fl:
-            sd = fl
-        u = (x - med) / sd / k_alarm
-    window_push(row, buf, w, x)
-    return u
-
-
-@njit(**JIT)
-def robust_update(series_idx, values, state, buf, warmup, k_alarm, rel_floor, abs_floor):  # pragma: no cover
+def robust_update(series_idx, values, state, win, warmup, k_alarm, rel_floor, abs_floor):  # pragma: no cover
     """Robust z-score over a rolling median and MAD.
 
-    Catches: values far from the median of the last ``w`` values, in units of 1.4826·MAD (σ for
-    Gaussian data) — spikes, dips and the start of level shifts; insensitive to the outliers in the
-    window itself (50% breakdown point), unlike mean/sd. Statistic ``|x − med| / max(1.4826·MAD,
-    floor) / k_alarm``; the MAD floor ``max(rel_floor·|med|, abs_floor)`` keeps flat or quantised
-    stretches (MAD = 0) from producing infinite z.
-    Parameters: window ``w = buf.shape[1] // 2``, ``k_alarm`` (robust z at score 0.5), floors.
-    Warm-up: ``warmup`` values (clamped by the caller to ≥ a handful so the MAD means something).
-    State: ``state float64[n, ROBUST_WIDTH]`` zeros, ``buf float64[n, 2w]``.
+    Catches: values far from the median of the last ``w`` values in units of 1.4826·MAD (σ for
+    Gaussian data) — spikes, dips, the start of level shifts; the window's own outliers barely move
+    median and MAD (50% breakdown point), unlike mean and sd. Statistic:
+    ``(x − med) / max(1.4826·MAD, floor) / k_alarm``; the MAD floor ``max(rel_floor·|med|,
+    abs_floor)`` keeps flat or quantised stretches (MAD = 0) from producing infinite z.
+    Parameters: window ``w = win.shape[1] // 2``; ``k_alarm`` robust z at score 0.5 (e.g. 4).
+    Warm-up: ``warmup`` values (use ≥ 8 so the MAD means something).
+    State: ``state float64[n, WINDOW_WIDTH]`` zeros, ``win float64[n, 2w]``.
     """
-    w = buf.shape[1] // 2
+    w = win.shape[1] // 2
     m = values.shape[0]
     score = np.empty(m, dtype=np.float64)
     direction = np.zeros(m, dtype=np.int8)
@@ -279,12 +263,14 @@ def robust_update(series_idx, values, state, buf, warmup, k_alarm, rel_floor, ab
             score[i] = math.nan
             continue
         s = series_idx[i]
-        u = robust_step(state[s], buf[s], w, x, warmup, k_alarm, rel_floor, abs_floor)
+        row = state[s]
+        n = int(row[0])
+        u = 0.0
+        if n >= warmup and n > 0:
+            u = robust_stat(win[s], w, n if n < w else w, x, k_alarm, rel_floor, abs_floor)
+        window_push(row, win[s], w, x)
         score[i] = squash(abs(u))
-        if u > 0.0:
-            direction[i] = 1
-        elif u < 0.0:
-            direction[i] = -1
+        direction[i] = _sign(u)
     return score, direction
 
 
@@ -292,41 +278,37 @@ def robust_update(series_idx, values, state, buf, warmup, k_alarm, rel_floor, ab
 
 
 @njit(**JIT)
-def iqr_step(row, buf, w, x, warmup, k_fence, rel_floor, abs_floor):  # pragma: no cover - compiled
-    """One value of the IQR-fence detector; signed statistic in alarm units."""
-    n = int(row[0])
-    filled = n if n < w else w
-    u = 0.0
-    if n >= warmup and filled > 0:
-        q1 = sorted_quantile(buf, w, filled, 0.25)
-        q3 = sorted_quantile(buf, w, filled, 0.75)
-        iqr = q3 - q1
-        fl = spread_floor(0.5 * (q1 + q3), rel_floor, abs_floor)
-        if iqr < fl:
-            iqr = fl
-        if x > q3:
-            u = (x - q3) / iqr / k_fence
-        elif x < q1:
-            u = (x - q1) / iqr / k_fence
-    window_push(row, buf, w, x)
-    return u
+def iqr_stat(buf, w, filled, x, k_fence, rel_floor, abs_floor):  # pragma: no cover - compiled
+    """Signed distance beyond the nearer quartile in units of k·IQR (0 between the quartiles)."""
+    q1 = sorted_quantile(buf, w, filled, 0.25)
+    q3 = sorted_quantile(buf, w, filled, 0.75)
+    iqr = q3 - q1
+    fl = spread_floor(0.5 * (q1 + q3), rel_floor, abs_floor)
+    if iqr < fl:
+        iqr = fl
+    if x > q3:
+        return (x - q3) / (k_fence * iqr)
+    if x < q1:
+        return (x - q1) / (k_fence * iqr)
+    return 0.0
 
 
 @njit(**JIT)
-def iqr_update(series_idx, values, state, buf, warmup, k_fence, rel_floor, abs_floor):  # pragma: no cover
+def iqr_update(series_idx, values, state, win, warmup, k_fence, rel_floor, abs_floor):  # pragma: no cover
     """Tukey IQR fences over the exact quartiles of the last ``w`` values.
 
     Catches: values outside ``[q25 − k·IQR, q75 + k·IQR]`` — spikes and drops relative to the bulk
-    of the recent distribution, without any normality assumption (skewed metrics such as latency or
-    token counts). Statistic: distance beyond the nearer quartile in IQR units divided by
-    ``k_fence`` (1.5 = Tukey's inner fence at score 0.5); 0 between the quartiles.
-    Quantile source: a small sorted ring of the last ``w`` values (exact, windowed, deterministic)
-    rather than P² estimators — P² tracks the whole history (no forgetting, so it cannot follow a
-    changed regime) and each of its 5-marker updates is already comparable in cost to the O(w)
-    shift of a ring of a few hundred values. Parameters: ``w = buf.shape[1] // 2``, ``k_fence``,
-    floors on the IQR. Warm-up: ``warmup`` values. State as for :func:`robust_update`.
+    of the recent distribution, without a normality assumption (skewed metrics: latency, token
+    counts). Statistic: distance beyond the nearer quartile in units of ``k_fence·IQR`` (1.5 = Tukey's
+    inner fence at score 0.5), 0 between the quartiles.
+    Quantile source: a small sorted ring of the last ``w`` values — exact, windowed and deterministic.
+    P² estimators were the alternative: O(1) memory, but they summarise the whole history (they
+    cannot forget, so they never re-centre after a regime change) and their 5-marker parabolic
+    update per quantile costs about as much as shifting a ring of a few hundred sorted values.
+    Parameters: ``w = win.shape[1] // 2``, ``k_fence``, floors on the IQR. Warm-up: ``warmup`` values.
+    State as :func:`robust_update`.
     """
-    w = buf.shape[1] // 2
+    w = win.shape[1] // 2
     m = values.shape[0]
     score = np.empty(m, dtype=np.float64)
     direction = np.zeros(m, dtype=np.int8)
@@ -336,12 +318,14 @@ def iqr_update(series_idx, values, state, buf, warmup, k_fence, rel_floor, abs_f
             score[i] = math.nan
             continue
         s = series_idx[i]
-        u = iqr_step(state[s], buf[s], w, x, warmup, k_fence, rel_floor, abs_floor)
+        row = state[s]
+        n = int(row[0])
+        u = 0.0
+        if n >= warmup and n > 0:
+            u = iqr_stat(win[s], w, n if n < w else w, x, k_fence, rel_floor, abs_floor)
+        window_push(row, win[s], w, x)
         score[i] = squash(abs(u))
-        if u > 0.0:
-            direction[i] = 1
-        elif u < 0.0:
-            direction[i] = -1
+        direction[i] = _sign(u)
     return score, direction
 
 
@@ -350,7 +334,7 @@ def iqr_update(series_idx, values, state, buf, warmup, k_fence, rel_floor, abs_f
 
 @njit(**JIT)
 def cusum_step(row, x, alpha, warmup, k_slack, h, clip, rel_floor, abs_floor):  # pragma: no cover
-    """One value of the two-sided CUSUM; returns +S⁺/h or −S⁻/h (whichever is larger)."""
+    """One value of the two-sided CUSUM; returns +S⁺/h or −S⁻/h, whichever sum is larger."""
     n = row[0]
     mean = row[1]
     var = row[2]
@@ -371,13 +355,12 @@ def cusum_step(row, x, alpha, warmup, k_slack, h, clip, rel_floor, abs_floor):  
         sn = max(0.0, sn - z - k_slack)
     row[3] = sp
     row[4] = sn
-    # reference level/scale: EWM of the value winsorised at ±clip·sd so a shift is not absorbed at once
-    zc = z
-    if zc > clip:
-        zc = clip
-    elif zc < -clip:
-        zc = -clip
-    d = zc * sd
+    # reference: EWM of the value winsorised at ±clip·sd, so a shift is absorbed gradually
+    if z > clip:
+        z = clip
+    elif z < -clip:
+        z = -clip
+    d = z * sd
     row[1] = mean + alpha * d
     row[2] = (1.0 - alpha) * (var + alpha * d * d)
     row[0] = n + 1.0
@@ -387,15 +370,18 @@ def cusum_step(row, x, alpha, warmup, k_slack, h, clip, rel_floor, abs_floor):  
 
 
 @njit(**JIT)
-def cusum_update(series_idx, values, state, alpha, warmup, k_slack, h, clip, rel_floor, abs_floor):  # pragma: no cover
+def cusum_update(
+    series_idx, values, state, alpha, warmup, k_slack, h, clip, rel_floor, abs_floor
+):  # pragma: no cover
     """Two-sided CUSUM for sustained level shifts.
 
-    Catches: a mean shift of a few σ that persists — each value adds ``z − k_slack`` to the upper sum
-    ``S⁺`` (``−z − k_slack`` to ``S⁻``) and the sums are clipped at 0, so isolated noise drains away
-    while a sustained shift accumulates linearly. ``z`` is taken against a slow EWM reference
-    (``alpha``) fed with values winsorised at ±``clip``·σ, so a shift is absorbed gradually and the
-    sum decays back once the reference has caught up. Statistic: ``max(S⁺, S⁻)/h`` (``h`` the decision
-    interval, score 0.5 there); direction +1 for an upward shift (S⁺ larger), −1 for a drop.
+    Catches: a mean shift of a few σ that persists. Each value adds ``z − k_slack`` to the upper sum
+    ``S⁺`` and ``−z − k_slack`` to the lower sum ``S⁻`` (both clipped at 0), so isolated noise drains
+    away while a sustained shift accumulates linearly. ``z`` is taken against a slow EWM reference
+    (``alpha``) fed with values winsorised at ±``clip``·σ: a single spike moves it little, a shift is
+    absorbed gradually and the sum decays once the reference has caught up. Statistic
+    ``max(S⁺, S⁻)/h`` (``h`` the decision interval, score 0.5 there); direction +1 for an upward shift
+    (S⁺ larger), −1 for a drop. Typical: ``k_slack`` 0.5 (tuned to a 1σ shift), ``h`` 5.
     Warm-up: ``warmup`` values before the sums start. State: ``float64[n, CUSUM_WIDTH]`` zeros.
     """
     m = values.shape[0]
@@ -408,10 +394,7 @@ def cusum_update(series_idx, values, state, alpha, warmup, k_slack, h, clip, rel
             continue
         u = cusum_step(state[series_idx[i]], x, alpha, warmup, k_slack, h, clip, rel_floor, abs_floor)
         score[i] = squash(abs(u))
-        if u > 0.0:
-            direction[i] = 1
-        elif u < 0.0:
-            direction[i] = -1
+        direction[i] = _sign(u)
     return score, direction
 
 
@@ -419,37 +402,33 @@ def cusum_update(series_idx, values, state, alpha, warmup, k_slack, h, clip, rel
 
 
 @njit(**JIT)
-def hampel_step(row, buf, w, x, warmup, k, rel_floor, abs_floor):  # pragma: no cover - compiled
-    """One value of the (trailing) Hampel identifier; signed excess over k robust σ, in units of k."""
-    n = int(row[0])
-    filled = n if n < w else w
-    u = 0.0
-    if n >= warmup and filled > 0:
-        med = sorted_median(buf, w, filled)
-        sd = MAD_TO_SIGMA * sorted_mad(buf, w, filled, med)
-        fl = spread_floor(med, rel_floor, abs_floor)
-        if sd < fl:
-            sd = fl
-        dev = (x - med) / sd
-        if dev > k:
-            u = (dev - k) / k
-        elif dev < -k:
-            u = (dev + k) / k
-    window_push(row, buf, w, x)
-    return u
+def hampel_stat(buf, w, filled, x, k, rel_floor, abs_floor):  # pragma: no cover - compiled
+    """Signed excess of ``x`` beyond ``median ± k·σ`` (σ = 1.4826·MAD) in units of k·σ."""
+    med = sorted_median(buf, w, filled)
+    sd = MAD_TO_SIGMA * sorted_mad(buf, w, filled, med)
+    fl = spread_floor(med, rel_floor, abs_floor)
+    if sd < fl:
+        sd = fl
+    dev = (x - med) / sd
+    if dev > k:
+        return (dev - k) / k
+    if dev < -k:
+        return (dev + k) / k
+    return 0.0
 
 
 @njit(**JIT)
-def hampel_update(series_idx, values, state, buf, warmup, k, rel_floor, abs_floor):  # pragma: no cover
-    """Hampel filter (trailing window) for isolated spikes.
+def hampel_update(series_idx, values, state, win, warmup, k, rel_floor, abs_floor):  # pragma: no cover
+    """Hampel identifier (trailing window) for isolated spikes.
 
-    Catches: a value more than ``k`` robust σ (1.4826·MAD) from the median of the last ``w`` values —
-    a short window, so it reacts to spikes relative to the *local* level even on trending or seasonal
-    series, and ignores anything within ``k`` σ. Statistic: ``(|x − med|/σ − k)/k`` when beyond the
-    band (score 0.5 at 2k σ), 0 inside. Parameters: ``w = buf.shape[1] // 2`` (e.g. 15–31), ``k``
-    (classically 3), floors on the MAD. Warm-up: ``warmup`` values. State as :func:`robust_update`.
+    Catches: a value more than ``k`` robust σ (1.4826·MAD) from the median of the last ``w`` values.
+    The window is short, so the band follows the *local* level (trends, daily cycles) and a spike
+    stands out against its neighbourhood; values inside the band score exactly 0. Statistic:
+    ``(|x − med|/σ − k)/k`` beyond the band, so the score is 0.5 at 2k σ. Parameters:
+    ``w = win.shape[1] // 2`` (e.g. 16), ``k`` (classically 3), floors on the MAD.
+    Warm-up: ``warmup`` values (≥ w is sensible). State as :func:`robust_update`.
     """
-    w = buf.shape[1] // 2
+    w = win.shape[1] // 2
     m = values.shape[0]
     score = np.empty(m, dtype=np.float64)
     direction = np.zeros(m, dtype=np.int8)
@@ -459,12 +438,14 @@ def hampel_update(series_idx, values, state, buf, warmup, k, rel_floor, abs_floo
             score[i] = math.nan
             continue
         s = series_idx[i]
-        u = hampel_step(state[s], buf[s], w, x, warmup, k, rel_floor, abs_floor)
+        row = state[s]
+        n = int(row[0])
+        u = 0.0
+        if n >= warmup and n > 0:
+            u = hampel_stat(win[s], w, n if n < w else w, x, k, rel_floor, abs_floor)
+        window_push(row, win[s], w, x)
         score[i] = squash(abs(u))
-        if u > 0.0:
-            direction[i] = 1
-        elif u < 0.0:
-            direction[i] = -1
+        direction[i] = _sign(u)
     return score, direction
 
 
@@ -473,7 +454,7 @@ def hampel_update(series_idx, values, state, buf, warmup, k, rel_floor, abs_floo
 
 @njit(**JIT)
 def range_step(row, blocks, x, alpha, warmup, block_size, gamma, rel_floor, abs_floor):  # pragma: no cover
-    """One value of the range-breakout detector; signed statistic in alarm units (1 = new extreme)."""
+    """One value of the range-breakout detector; signed statistic in alarm units (1 = a new extreme)."""
     n = row[0]
     nblk = blocks.shape[0] // 2
     c = row[1]
@@ -491,7 +472,6 @@ def range_step(row, blocks, x, alpha, warmup, block_size, gamma, rel_floor, abs_
         else:
             span = c - lo
             u = -(c - x) / (span if span > fl else fl)
-    # centre (EWM mean) and long-run mean absolute deviation (for the floor)
     if n == 0.0:
         row[1] = x
         row[2] = x
@@ -502,6 +482,7 @@ def range_step(row, blocks, x, alpha, warmup, block_size, gamma, rel_floor, abs_
         row[9] = math.inf
     else:
         row[1] = c + alpha * (x - c)
+        # long-run mean absolute deviation (memory ~1000 values) for the span floor
         a = 1.0 / (n + 1.0)
         if a < 0.001:
             a = 0.001
@@ -543,19 +524,20 @@ def range_step(row, blocks, x, alpha, warmup, block_size, gamma, rel_floor, abs_
 def range_update(
     series_idx, values, state, blocks, alpha, warmup, block_size, gamma, rel_floor, abs_floor
 ):  # pragma: no cover
-    """Range breakout: is the value outside the range of (roughly) the last ``nblk·block_size`` values?
+    """Range breakout: is the value outside the range of (about) the last ``nblk·block_size`` values?
 
     Catches: new extremes — a spike above the highest value (or a drop below the lowest) of a long
-    recent horizon, and the first values of a level shift that leaves the recent range. It is
-    self-calibrating on heavy-tailed or bursty series (its yardstick is the series' own recent
-    extremes, not a Gaussian spread), and after an alert the window holds the new extreme, so the
-    same episode does not alert again unless it grows: one alert per episode. Statistic:
-    ``(x − c)/(max − c)`` above the centre ``c`` (EWM mean, ``alpha``), ``(c − x)/(c − min)`` below,
-    so 1.0 (score 0.5) is exactly a new extreme; the span is floored at
+    recent horizon, and the first values of a level shift that leaves the recent range. It calibrates
+    itself on heavy-tailed and bursty series (the yardstick is the series' own recent extremes, not
+    a Gaussian spread), and after an alert the window holds the new extreme, so one episode alerts
+    once unless it grows. Statistic: ``(x − c)/(max − c)`` above the centre ``c`` (EWM mean with
+    ``alpha``) and ``−(c − x)/(c − min)`` below it, so ``|u| = 1`` (score 0.5) is exactly a new extreme
+    and a value equal to the current extreme ties there; the span is floored at
     ``max(gamma·long-run mean absolute deviation, rel_floor·|c|, abs_floor)``.
-    Window: a ring of per-block maxima/minima, ``blocks: float64[n, 2·nblk]`` (nblk blocks of
-    ``block_size`` values) plus the running block, so memory is O(nblk) per series and the cost O(1)
-    per value (O(nblk) once per block). Warm-up: ``warmup`` values.
+    Window: ``blocks: float64[n, 2·nblk]`` holds the maxima (``[0, nblk)``) and minima of the last
+    ``nblk`` complete blocks of ``block_size`` values, plus the running block in the state row; the
+    horizon is between ``(nblk−1)·block_size`` and ``nblk·block_size`` values. O(1) per value, O(nblk)
+    once per block; memory O(nblk) per series. Warm-up: ``warmup`` values.
     State: ``float64[n, RANGE_WIDTH]`` zeros, ``blocks`` zeros.
     """
     m = values.shape[0]
@@ -569,8 +551,5 @@ def range_update(
         s = series_idx[i]
         u = range_step(state[s], blocks[s], x, alpha, warmup, block_size, gamma, rel_floor, abs_floor)
         score[i] = squash(abs(u))
-        if u > 0.0:
-            direction[i] = 1
-        elif u < 0.0:
-            direction[i] = -1
+        direction[i] = _sign(u)
     return score, direction
