@@ -27,7 +27,7 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportM
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 from pydantic import Field, field_validator, model_validator
 
-from gateway.batch import Batch, Signal
+from gateway.batch import OTLP_SIGNALS, Batch, Signal
 from gateway.component import ComponentConfig, ComponentContext, Factory, Kind, PermanentError
 from gateway.exporterhelper import QueuedExporter, QueuedExporterConfig, RetryableError
 from gateway.otlpjson import OtlpJsonError, decode, encode
@@ -102,7 +102,7 @@ class OtlpConfig(QueuedExporterConfig):
 
     @model_validator(mode="after")
     def _consistent(self) -> OtlpConfig:
-        per_signal = [f"{s.value}_endpoint" for s in Signal if getattr(self, f"{s.value}_endpoint")]
+        per_signal = [f"{s.value}_endpoint" for s in OTLP_SIGNALS if getattr(self, f"{s.value}_endpoint")]
         if self.protocol == "grpc":
             if per_signal:
                 raise ValueError(f"{', '.join(per_signal)} only apply to protocol http/protobuf or http/json")
@@ -210,7 +210,7 @@ class OtlpExporter(QueuedExporter):
         except (OSError, ssl.SSLError) as exc:
             raise RuntimeError(f"exporter {self.id}: TLS setup failed: {exc}") from exc
         if cfg.protocol != "grpc":
-            self._urls = {s: self._url(s) for s in Signal}
+            self._urls = {s: self._url(s) for s in OTLP_SIGNALS}
             self._session = aiohttp.ClientSession(
                 timeout=aiohttp.ClientTimeout(total=cfg.timeout), headers={"User-Agent": USER_AGENT}
             )

@@ -25,6 +25,10 @@ class Signal(StrEnum):
     TRACES = "traces"
     METRICS = "metrics"
     LOGS = "logs"
+    ANOMALIES = "anomalies"  # alerts produced by detection (gateway.anomaly), not an OTLP signal
+
+
+OTLP_SIGNALS = frozenset({Signal.TRACES, Signal.METRICS, Signal.LOGS})
 
 
 class StringTable:

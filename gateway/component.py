@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Protocol
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict
 
-from gateway.batch import Batch, Signal
+from gateway.batch import OTLP_SIGNALS, Batch, Signal
 
 if TYPE_CHECKING:
     from gateway.pressure import Admission
@@ -28,6 +28,7 @@ class Kind(StrEnum):
     RECEIVER = "receivers"
     PROCESSOR = "processors"
     EXPORTER = "exporters"
+    CONNECTOR = "connectors"  # exporter in one pipeline, receiver in another (as in the Collector)
 
     @property
     def singular(self) -> str:
@@ -196,6 +197,20 @@ class Exporter(Component):
 ConfigClass = type[ComponentConfig]
 
 
+class Connector(Component):
+    """Consumes one pipeline's data (as its exporter) and feeds other pipelines (as their receiver)."""
+
+    def __init__(self, ctx: ComponentContext, config: Any) -> None:
+        super().__init__(ctx, config)
+        self.consumers: dict[Signal, Consumer] = {}
+
+    def set_consumer(self, signal: Signal, consumer: Consumer) -> None:
+        self.consumers[signal] = consumer
+
+    async def consume(self, batch: Batch) -> None:
+        raise NotImplementedError
+
+
 @dataclass(frozen=True)
 class Factory:
     """How to configure and build one component type."""
@@ -204,5 +219,6 @@ class Factory:
     kind: Kind
     config: ConfigClass
     create: Callable[[ComponentContext, Any], Component]
-    signals: frozenset[Signal] = frozenset(Signal)
+    signals: frozenset[Signal] = OTLP_SIGNALS  # accepted (for a connector: as an exporter)
     description: str = ""
+    output_signals: frozenset[Signal] = frozenset()  # connectors only: emitted as a receiver

@@ -13,12 +13,14 @@ import asyncio
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from gateway.batch import Batch, Signal
 from gateway.component import (
     Component,
     ComponentContext,
     ComponentId,
+    Connector,
     ConsumeError,
     Consumer,
     Exporter,
@@ -64,12 +66,14 @@ class PipelineChain:
     signal: Signal
     head: Consumer
     processors: list[Processor]
+    fed_by_connector: bool = False
 
 
 @dataclass
 class Graph:
     receivers: dict[ComponentId, Receiver] = field(default_factory=dict)
     exporters: dict[ComponentId, Exporter] = field(default_factory=dict)
+    connectors: dict[ComponentId, Connector] = field(default_factory=dict)
     pipelines: list[PipelineChain] = field(default_factory=list)
 
     def all_processors(self) -> list[Processor]:
@@ -85,15 +89,22 @@ def _context(
 
 def build_graph(config: GatewayConfig, telemetry: SelfTelemetry, admission: Admission) -> Graph:
     graph = Graph()
-    used = {k: {c for p in config.pipelines for c in getattr(p, k.value)} for k in Kind}
-    for kind, target in ((Kind.RECEIVER, graph.receivers), (Kind.EXPORTER, graph.exporters)):
+    referenced = {c for p in config.pipelines for c in (*p.receivers, *p.exporters)}
+    targets: tuple[tuple[Kind, dict[ComponentId, Any]], ...] = (
+        (Kind.RECEIVER, graph.receivers),
+        (Kind.EXPORTER, graph.exporters),
+        (Kind.CONNECTOR, graph.connectors),
+    )
+    for kind, target in targets:
         for cid, spec in config.components[kind].items():
-            if cid in used[kind]:
+            if cid in referenced:
                 comp: Component = spec.factory.create(_context(cid, kind, telemetry, admission), spec.config)
-                target[cid] = comp  # type: ignore[assignment]
+                target[cid] = comp
+    sinks: dict[ComponentId, Consumer] = {**graph.exporters, **graph.connectors}
+    sources: dict[ComponentId, Receiver | Connector] = {**graph.receivers, **graph.connectors}
     heads: dict[tuple[ComponentId, Signal], list[Consumer]] = {}
     for pl in config.pipelines:
-        tail: Consumer = FanOut([graph.exporters[e] for e in pl.exporters])
+        tail: Consumer = FanOut([sinks[e] for e in pl.exporters])
         procs: list[Processor] = []
         for pid in reversed(pl.processors):
             spec = config.components[Kind.PROCESSOR][pid]
@@ -104,11 +115,12 @@ def build_graph(config: GatewayConfig, telemetry: SelfTelemetry, admission: Admi
             proc.set_next(tail)
             tail = proc
             procs.insert(0, proc)
-        graph.pipelines.append(PipelineChain(pl.name, pl.signal, tail, procs))
+        fed = any(r in graph.connectors for r in pl.receivers)
+        graph.pipelines.append(PipelineChain(pl.name, pl.signal, tail, procs, fed))
         for rid in pl.receivers:
             heads.setdefault((rid, pl.signal), []).append(tail)
     for (rid, signal), consumers in heads.items():
-        graph.receivers[rid].set_consumer(
+        sources[rid].set_consumer(
             signal, consumers[0] if len(consumers) == 1 else FanOut(consumers, clone=True)
         )
     return graph

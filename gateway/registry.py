@@ -11,17 +11,26 @@ import importlib
 
 from gateway.component import Factory, Kind
 
-_PACKAGES = {Kind.RECEIVER: "receivers", Kind.PROCESSOR: "processors", Kind.EXPORTER: "exporters"}
+# kind -> (package, name of its registry mapping); connectors live with the processors
+_REGISTRIES = {
+    Kind.RECEIVER: ("receivers", "REGISTRY"),
+    Kind.PROCESSOR: ("processors", "REGISTRY"),
+    Kind.EXPORTER: ("exporters", "REGISTRY"),
+    Kind.CONNECTOR: ("processors", "CONNECTORS"),
+}
+
+
+def _registry(kind: Kind) -> dict[str, str]:
+    package, attr = _REGISTRIES[kind]
+    return dict(getattr(importlib.import_module(package), attr, {}))
 
 
 def known_types(kind: Kind) -> list[str]:
-    pkg = importlib.import_module(_PACKAGES[kind])
-    return sorted(pkg.REGISTRY)
+    return sorted(_registry(kind))
 
 
 def get_factory(kind: Kind, type_name: str) -> Factory | None:
-    pkg = importlib.import_module(_PACKAGES[kind])
-    module_name = pkg.REGISTRY.get(type_name)
+    module_name = _registry(kind).get(type_name)
     if module_name is None:
         return None
     factory = importlib.import_module(module_name).FACTORY

@@ -44,6 +44,8 @@ class Gateway:
                 await exp.start()
             for proc in reversed(self.graph.all_processors()):
                 await proc.start()
+            for conn in self.graph.connectors.values():
+                await conn.start()
             for rec in self.graph.receivers.values():
                 await rec.start()
         except BaseException:
@@ -72,12 +74,20 @@ class Gateway:
         for rec in self.graph.receivers.values():
             await _guard(rec.shutdown(), f"receiver {rec.id}")
         log.debug(f"receivers stopped after {time.monotonic() - t0:.3f}s")
-        for pl in self.graph.pipelines:
-            for proc in pl.processors:
-                remaining = max(0.001, deadline - time.monotonic())
-                await _guard(
-                    asyncio.wait_for(proc.shutdown(), remaining), f"processor {proc.id} in {pl.name}"
-                )
+        # Pipelines fed by receivers flush first, then connectors, then the pipelines they feed.
+        for fed_by_connector in (False, True):
+            if fed_by_connector:
+                for conn in self.graph.connectors.values():
+                    remaining = max(0.001, deadline - time.monotonic())
+                    await _guard(asyncio.wait_for(conn.shutdown(), remaining), f"connector {conn.id}")
+            for pl in self.graph.pipelines:
+                if pl.fed_by_connector != fed_by_connector:
+                    continue
+                for proc in pl.processors:
+                    remaining = max(0.001, deadline - time.monotonic())
+                    await _guard(
+                        asyncio.wait_for(proc.shutdown(), remaining), f"processor {proc.id} in {pl.name}"
+                    )
         log.debug(f"processors flushed after {time.monotonic() - t0:.3f}s")
         remaining = max(0.0, deadline - time.monotonic())
         await asyncio.gather(

@@ -23,6 +23,7 @@ ITEM_NAMES: dict[Signal, str] = {
     Signal.TRACES: "spans",
     Signal.METRICS: "metric_points",
     Signal.LOGS: "log_records",
+    Signal.ANOMALIES: "anomalies",
 }
 
 

@@ -95,7 +95,7 @@ class GatewayConfig:
     sources: list[str] = field(default_factory=list)
 
 
-_TOP_LEVEL = {"receivers", "processors", "exporters", "service"}
+_TOP_LEVEL = {"receivers", "processors", "exporters", "connectors", "service"}
 
 
 def pydantic_issues(exc: ValidationError, base: KeyPath, locs: Locations) -> list[ConfigIssue]:
@@ -160,6 +160,14 @@ def _validate_components(
     return comps
 
 
+# pipeline role -> component kinds a reference in it may name
+_ROLES: tuple[tuple[str, tuple[Kind, ...]], ...] = (
+    ("receivers", (Kind.RECEIVER, Kind.CONNECTOR)),
+    ("processors", (Kind.PROCESSOR,)),
+    ("exporters", (Kind.EXPORTER, Kind.CONNECTOR)),
+)
+
+
 def _validate_pipelines(
     service: ServiceSpec,
     comps: dict[Kind, dict[ComponentId, ComponentSpec]],
@@ -169,8 +177,15 @@ def _validate_pipelines(
 ) -> list[Pipeline]:
     pipelines: list[Pipeline] = []
     used: dict[Kind, set[str]] = {k: set() for k in Kind}
+    connector_roles: dict[str, set[str]] = {}  # connector id -> roles it is used in
     if not service.pipelines:
         issues.append(locs.issue(("service", "pipelines"), "at least one pipeline is required"))
+    for name in sorted(declared[Kind.CONNECTOR] & (declared[Kind.RECEIVER] | declared[Kind.EXPORTER])):
+        issues.append(
+            locs.issue(
+                (Kind.CONNECTOR.value, name), f"id {name!r} is used by a connector and another component"
+            )
+        )
     for pname, spec in service.pipelines.items():
         ppath: KeyPath = ("service", "pipelines", pname)
         sig_name, _, _ = pname.partition("/")
@@ -184,31 +199,40 @@ def _validate_pipelines(
                     "signal one of " + ", ".join(s.value for s in Signal),
                 )
             )
-            for kind in Kind:  # its components are still referenced: don't also call them unused
-                used[kind].update(getattr(spec, kind.value))
+            for role, kinds in _ROLES:  # its components are still referenced: don't also call them unused
+                for kind in kinds:
+                    for ref in getattr(spec, role):
+                        if ref in declared[kind]:
+                            used[kind].add(ref)
+                            if kind is Kind.CONNECTOR:
+                                connector_roles.setdefault(ref, set()).add(role)
             continue
         ok = True
-        refs: dict[Kind, list[ComponentId]] = {k: [] for k in Kind}
-        for kind in Kind:
-            names: Sequence[str] = getattr(spec, kind.value)
+        refs: dict[str, list[ComponentId]] = {role: [] for role, _ in _ROLES}
+        for role, kinds in _ROLES:
+            names: Sequence[str] = getattr(spec, role)
             seen: set[str] = set()
+            singular = role[:-1]
             for i, ref in enumerate(names):
-                rpath = (*ppath, kind.value, i)
-                used[kind].add(ref)
+                rpath = (*ppath, role, i)
                 if ref in seen:
-                    issues.append(locs.issue(rpath, f"{kind.singular} {ref!r} is listed twice"))
+                    issues.append(locs.issue(rpath, f"{singular} {ref!r} is listed twice"))
                     ok = False
                     continue
                 seen.add(ref)
-                if ref not in declared[kind]:
+                kind = next((k for k in kinds if ref in declared[k]), None)
+                if kind is None:
+                    where = kinds[0].value  # connectors are the rarer case; the hint names the usual section
                     issues.append(
                         locs.issue(
-                            rpath,
-                            f"references {kind.singular} {ref!r}, which is not defined under {kind.value}",
+                            rpath, f"references {singular} {ref!r}, which is not defined under {where}"
                         )
                     )
                     ok = False
                     continue
+                used[kind].add(ref)
+                if kind is Kind.CONNECTOR:
+                    connector_roles.setdefault(ref, set()).add(role)
                 try:
                     cid = ComponentId.parse(ref)
                 except ValueError:  # an invalid id: already reported where it is defined
@@ -218,16 +242,26 @@ def _validate_pipelines(
                 if cspec is None:  # declared but invalid: already reported
                     ok = False
                     continue
-                if signal not in cspec.factory.signals:
+                supported = (
+                    cspec.factory.output_signals
+                    if kind is Kind.CONNECTOR and role == "receivers"
+                    else cspec.factory.signals
+                )
+                if signal not in supported:
+                    what = (
+                        f"connector type {cid.type!r} as a {singular}"
+                        if kind is Kind.CONNECTOR
+                        else (f"{kind.singular} type {cid.type!r}")
+                    )
                     issues.append(
                         locs.issue(
                             rpath,
-                            f"{kind.singular} type {cid.type!r} does not support {signal.value}; it supports "
-                            + ", ".join(sorted(s.value for s in cspec.factory.signals)),
+                            f"{what} does not support {signal.value}; it supports "
+                            + ", ".join(sorted(s.value for s in supported)),
                         )
                     )
                     ok = False
-                refs[kind].append(cid)
+                refs[role].append(cid)
         if not spec.receivers:
             issues.append(locs.issue((*ppath, "receivers"), "a pipeline needs at least one receiver"))
             ok = False
@@ -239,9 +273,9 @@ def _validate_pipelines(
                 Pipeline(
                     pname,
                     signal,
-                    tuple(refs[Kind.RECEIVER]),
-                    tuple(refs[Kind.PROCESSOR]),
-                    tuple(refs[Kind.EXPORTER]),
+                    tuple(refs["receivers"]),
+                    tuple(refs["processors"]),
+                    tuple(refs["exporters"]),
                 )
             )
     for kind in Kind:
@@ -251,6 +285,16 @@ def _validate_pipelines(
                     (kind.value, name),
                     f"{kind.singular} {name!r} is defined but not used in any pipeline "
                     "(remove it or add it to a pipeline under service.pipelines)",
+                )
+            )
+    for name, roles in sorted(connector_roles.items()):
+        if roles != {"receivers", "exporters"}:
+            missing = "receiver" if "receivers" not in roles else "exporter"
+            issues.append(
+                locs.issue(
+                    (Kind.CONNECTOR.value, name),
+                    f"connector {name!r} must be an exporter of one pipeline and a receiver of another; "
+                    f"it is not used as a {missing}",
                 )
             )
     return pipelines

@@ -17,7 +17,7 @@ from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2 as metr
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2 as trace_pb
 
 from gateway import otlpjson
-from gateway.batch import BATCH_TYPES, Batch, Signal, SpanBatch
+from gateway.batch import BATCH_TYPES, OTLP_SIGNALS, Batch, Signal, SpanBatch
 from gateway.component import ComponentContext, Consumer
 
 REQUEST_TYPES: dict[Signal, type[Any]] = {
@@ -83,12 +83,12 @@ class ExportHandler:
         tel = ctx.telemetry
         self._accepted = {
             (s, t): tel.receiver_accepted[s].labels(receiver=str(ctx.id), transport=t)
-            for s in Signal
+            for s in OTLP_SIGNALS
             for t in ("grpc", "http")
         }
         self._refused = {
             (s, t): tel.receiver_refused[s].labels(receiver=str(ctx.id), transport=t)
-            for s in Signal
+            for s in OTLP_SIGNALS
             for t in ("grpc", "http")
         }
 

@@ -28,7 +28,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 from pydantic import ValidationError
 
 from exporters.otlp import FACTORY, OtlpExporter, parse_retry_after
-from gateway.batch import BATCH_TYPES, Batch, LogBatch, MetricBatch, Signal, SpanBatch
+from gateway.batch import BATCH_TYPES, OTLP_SIGNALS, Batch, LogBatch, MetricBatch, Signal, SpanBatch
 from gateway.component import ComponentId, Kind, RefusedError
 from gateway.otlpjson import decode
 from gateway.pipeline import _context
@@ -518,7 +518,7 @@ def test_config_errors(config: dict[str, Any], needle: str) -> None:
 def test_http_urls() -> None:
     def urls(cfg: dict[str, Any]) -> dict[str, str]:
         exp, _ = build({"protocol": "http/protobuf", **cfg})
-        return {s.value: exp._url(s) for s in Signal}
+        return {s.value: exp._url(s) for s in OTLP_SIGNALS}
 
     assert urls({"endpoint": "collector:4318"})["traces"] == "http://collector:4318/v1/traces"
     assert (

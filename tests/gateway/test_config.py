@@ -182,7 +182,7 @@ def test_unknown_top_level_key() -> None:
     )
     assert got == [
         "gw.yaml:5: extensions: unknown top-level key; "
-        "expected one of exporters, processors, receivers, service"
+        "expected one of connectors, exporters, processors, receivers, service"
     ]
 
 
@@ -491,7 +491,7 @@ def test_bad_pipeline_signal(name: str) -> None:
     # Only the pipeline id is wrong: its components must not also be called unused.
     assert len(got) == 1, got
     assert got[0].startswith(f"gw.yaml:7: service.pipelines.{name}: unknown pipeline signal '{signal}'")
-    assert got[0].endswith("traces, metrics, logs")
+    assert got[0].endswith("traces, metrics, logs, anomalies")
 
 
 def test_no_pipelines_and_no_service() -> None:
