@@ -107,7 +107,7 @@ class AnomalyEvent:
         return (self.service, self.model, self.type.value)
 
     def to_json(self) -> dict[str, Any]:
-        out = {
+        out: dict[str, Any] = {
             "id": self.id,
             "time": rfc3339(self.time_ns),
             "detected_at": rfc3339(self.detected_at_ns) if self.detected_at_ns else None,

@@ -220,8 +220,8 @@ def _validate_pipelines(
                     ok = False
                     continue
                 seen.add(ref)
-                kind = next((k for k in kinds if ref in declared[k]), None)
-                if kind is None:
+                found = next((k for k in kinds if ref in declared[k]), None)
+                if found is None:
                     where = kinds[0].value  # connectors are the rarer case; the hint names the usual section
                     issues.append(
                         locs.issue(
@@ -230,6 +230,7 @@ def _validate_pipelines(
                     )
                     ok = False
                     continue
+                kind = found
                 used[kind].add(ref)
                 if kind is Kind.CONNECTOR:
                     connector_roles.setdefault(ref, set()).add(role)

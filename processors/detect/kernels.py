@@ -13,7 +13,8 @@ one call, ``<detector>_update(series_idx int64[m], values float64[m], state..., 
 returns ``(score float64[m], direction int8[m])``: the score in [0, 1) and the direction (+1 the
 value is above what the detector expects, −1 below, 0 no opinion). Points are taken in arrival order
 and each one updates only its own series' row, so a batch of interleaved series gives exactly the
-result of one batch per series. A NaN value scores NaN with direction 0 and leaves the state untouched.
+result of one batch per series. A NaN (or ±inf) value scores NaN with direction 0 and leaves the
+state untouched — one bad sample must not poison a series' statistics for good.
 
 Scores. Every detector computes a signed statistic ``u`` in *alarm units*: ``|u| = 1`` is the
 detector's classical alarm level (k robust σ, Tukey's fence, the CUSUM decision interval h, a new
@@ -124,7 +125,7 @@ def ewma_update(series_idx, values, state, alpha, warmup, k_alarm, rel_floor, ab
     direction = np.zeros(m, dtype=np.int8)
     for i in range(m):
         x = values[i]
-        if math.isnan(x):
+        if not math.isfinite(x):
             score[i] = math.nan
             continue
         u = ewma_step(state[series_idx[i]], x, alpha, warmup, k_alarm, rel_floor, abs_floor)
@@ -200,30 +201,41 @@ def sorted_median(buf, w, filled):  # pragma: no cover - compiled
 
 
 @njit(**JIT)
-def sorted_mad(buf, w, filled, med):  # pragma: no cover - compiled
-    """Median absolute deviation from ``med`` of the sorted part.
+def _kth_deviation(buf, left0, na, right0, nb, med, k):  # pragma: no cover - compiled
+    """k-th smallest (0-based) of the union of A_j = med − buf[left0 − j] (j < na) and
+    B_j = buf[right0 + j] − med (j < nb), both ascending: binary search on how many come from A."""
+    lo = k + 1 - nb
+    if lo < 0:
+        lo = 0
+    hi = k + 1 if k + 1 < na else na
+    while True:
+        i = (lo + hi) >> 1
+        j = k + 1 - i
+        if i < hi and j > 0 and buf[right0 + j - 1] - med > med - buf[left0 - i]:
+            lo = i + 1  # B[j-1] > A[i]: take more from A
+        elif i > lo and j < nb and med - buf[left0 - i + 1] > buf[right0 + j] - med:
+            hi = i - 1  # A[i-1] > B[j]: take fewer from A
+        else:
+            a = med - buf[left0 - i + 1] if i > 0 else -math.inf
+            b = buf[right0 + j - 1] - med if j > 0 else -math.inf
+            return a if a > b else b
 
-    The deviations of the values left of ``med`` and right of it form two sorted sequences; the
-    median of their union is reached by walking both outward from ``med`` (≤ filled/2 + 1 steps).
+
+@njit(**JIT)
+def sorted_mad(buf, w, filled, med):  # pragma: no cover - compiled
+    """Median absolute deviation from ``med`` of the sorted part, in O(log w).
+
+    The deviations of the values left of ``med`` (read leftward) and right of it (read rightward)
+    are two ascending sequences; their median is found by two k-th-of-a-union binary searches.
     """
     start = _lower_bound(buf, w, w + filled, med)
-    left = start - 1
-    right = start
-    end = w + filled
+    na = start - w
+    nb = w + filled - start
     k_hi = filled // 2
-    k_lo = k_hi if filled % 2 == 1 else k_hi - 1
-    prev = 0.0
-    cur = 0.0
-    for k in range(k_hi + 1):
-        if left >= w and (right >= end or med - buf[left] <= buf[right] - med):
-            cur = med - buf[left]
-            left -= 1
-        else:
-            cur = buf[right] - med
-            right += 1
-        if k == k_lo:
-            prev = cur
-    return 0.5 * (prev + cur)
+    d_hi = _kth_deviation(buf, start - 1, na, start, nb, med, k_hi)
+    if filled % 2 == 1:
+        return d_hi
+    return 0.5 * (d_hi + _kth_deviation(buf, start - 1, na, start, nb, med, k_hi - 1))
 
 
 # ------------------------------------------------------------------------------------ robust z
@@ -259,7 +271,7 @@ def robust_update(series_idx, values, state, win, warmup, k_alarm, rel_floor, ab
     direction = np.zeros(m, dtype=np.int8)
     for i in range(m):
         x = values[i]
-        if math.isnan(x):
+        if not math.isfinite(x):
             score[i] = math.nan
             continue
         s = series_idx[i]
@@ -314,7 +326,7 @@ def iqr_update(series_idx, values, state, win, warmup, k_fence, rel_floor, abs_f
     direction = np.zeros(m, dtype=np.int8)
     for i in range(m):
         x = values[i]
-        if math.isnan(x):
+        if not math.isfinite(x):
             score[i] = math.nan
             continue
         s = series_idx[i]
@@ -389,7 +401,7 @@ def cusum_update(
     direction = np.zeros(m, dtype=np.int8)
     for i in range(m):
         x = values[i]
-        if math.isnan(x):
+        if not math.isfinite(x):
             score[i] = math.nan
             continue
         u = cusum_step(state[series_idx[i]], x, alpha, warmup, k_slack, h, clip, rel_floor, abs_floor)
@@ -434,7 +446,7 @@ def hampel_update(series_idx, values, state, win, warmup, k, rel_floor, abs_floo
     direction = np.zeros(m, dtype=np.int8)
     for i in range(m):
         x = values[i]
-        if math.isnan(x):
+        if not math.isfinite(x):
             score[i] = math.nan
             continue
         s = series_idx[i]
@@ -545,7 +557,7 @@ def range_update(
     direction = np.zeros(m, dtype=np.int8)
     for i in range(m):
         x = values[i]
-        if math.isnan(x):
+        if not math.isfinite(x):
             score[i] = math.nan
             continue
         s = series_idx[i]
@@ -553,3 +565,122 @@ def range_update(
         score[i] = squash(abs(u))
         direction[i] = _sign(u)
     return score, direction
+
+
+# ---------------------------------------------------------------------------------------- ensemble
+
+
+@njit(**JIT)
+def ensemble_kernel(
+    series_idx,
+    values,
+    timestamps,
+    ewma,
+    win_state,
+    win,
+    ham_state,
+    ham,
+    cusum,
+    range_state,
+    range_blocks,
+    peaks,
+    meta,
+    prm,
+    weights,
+):  # pragma: no cover - compiled
+    """The ensemble of all six detectors over a batch (see ``processors.detect.ensemble``).
+
+    It lives in this module, not next to its Python wrapper, because numba's on-disk cache only
+    notices changes to the file that defines a function: kept here, any edit of a detector also
+    invalidates the cached ensemble.
+    """
+    warmup = prm[0]
+    rel_floor = prm[1]
+    abs_floor = prm[2]
+    ewma_alpha = prm[3]
+    ewma_k = prm[4]
+    robust_k = prm[5]
+    iqr_k = prm[6]
+    hampel_k = prm[7]
+    cusum_alpha = prm[8]
+    cusum_k = prm[9]
+    cusum_h = prm[10]
+    cusum_clip = prm[11]
+    range_alpha = prm[12]
+    range_block_size = prm[13]
+    range_gamma = prm[14]
+    peak_decay = prm[15]
+    peak_floor = prm[16]
+    range_warmup = prm[17]
+    w = win.shape[1] // 2
+    hw = ham.shape[1] // 2
+
+    m = values.shape[0]
+    score = np.empty(m, dtype=np.float64)
+    detector = np.zeros(m, dtype=np.int8)
+    direction = np.zeros(m, dtype=np.int8)
+    u = np.zeros(6)
+    for i in range(m):
+        x = values[i]
+        if not math.isfinite(x):
+            score[i] = math.nan
+            continue
+        s = series_idx[i]
+        row_meta = meta[s]
+        n = row_meta[0]
+        row_meta[0] = n + 1.0
+        t = timestamps[i]
+        if t > row_meta[1]:
+            row_meta[1] = t
+
+        u[0] = ewma_step(ewma[s], x, ewma_alpha, warmup, ewma_k, rel_floor, abs_floor)
+        nw = int(win_state[s, 0])
+        if nw >= warmup and nw > 0:
+            fw = nw if nw < w else w
+            u[1] = robust_stat(win[s], w, fw, x, robust_k, rel_floor, abs_floor)
+            u[2] = iqr_stat(win[s], w, fw, x, iqr_k, rel_floor, abs_floor)
+        else:
+            u[1] = 0.0
+            u[2] = 0.0
+        window_push(win_state[s], win[s], w, x)
+        u[3] = cusum_step(cusum[s], x, cusum_alpha, warmup, cusum_k, cusum_h, cusum_clip, rel_floor, abs_floor)
+        nh = int(ham_state[s, 0])
+        if nh >= warmup and nh > 0:
+            u[4] = hampel_stat(ham[s], hw, nh if nh < hw else hw, x, hampel_k, rel_floor, abs_floor)
+        else:
+            u[4] = 0.0
+        window_push(ham_state[s], ham[s], hw, x)
+        u[5] = range_step(
+            range_state[s],
+            range_blocks[s],
+            x,
+            range_alpha,
+            range_warmup,
+            range_block_size,
+            range_gamma,
+            rel_floor,
+            abs_floor,
+        )
+
+        best = 0.0
+        who = 0
+        pk = peaks[s]
+        for d in range(5):
+            a = abs(u[d])
+            p = pk[d]
+            ref = p if p > peak_floor else peak_floor
+            v = weights[d] * a / ref
+            if v > best:
+                best = v
+                who = d + 1
+            p *= peak_decay
+            pk[d] = a if a > p else p
+        v = weights[5] * abs(u[5])
+        if v > best:
+            best = v
+            who = 6
+        score[i] = squash(best)
+        if who > 0:
+            detector[i] = who
+            direction[i] = _sign(u[who - 1])
+    return score, detector, direction
