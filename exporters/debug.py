@@ -18,6 +18,7 @@ from typing import Any, Literal
 from google.protobuf.descriptor import FieldDescriptor
 from pydantic import Field
 
+from gateway.anomaly import AnomalyBatch
 from gateway.batch import Batch, Signal
 from gateway.component import ComponentConfig, ComponentContext, Exporter, Factory, Kind
 
@@ -233,6 +234,10 @@ class DebugExporter(Exporter):
 
     async def consume(self, batch: Batch) -> None:
         sig = batch.signal
+        if isinstance(batch, AnomalyBatch):
+            self._alerts(batch)
+            self._m_sent[sig].inc(batch.item_count)
+            return
         if self._sampler.allow(sig.value):
             try:
                 self.logger.info(_TITLES[sig], extra={"fields": summary_fields(batch)})
@@ -242,11 +247,29 @@ class DebugExporter(Exporter):
                 self.logger.exception("could not render batch")
         self._m_sent[sig].inc(batch.item_count)
 
+    def _alerts(self, batch: AnomalyBatch) -> None:
+        """Alerts are never sampled away: one line each, the full JSON at `detailed`."""
+        for ev in batch.events:
+            fields = {
+                "type": ev.type.value,
+                "severity": ev.severity.value,
+                "service": ev.service,
+                "model": ev.model,
+                "value": ev.value,
+                "baseline": ev.baseline,
+                "score": round(ev.score, 3),
+                "count": ev.count,
+            }
+            if self.config.verbosity == "detailed":
+                fields = ev.to_json()
+            self.logger.warning("Anomaly", extra={"fields": fields})
+
 
 FACTORY = Factory(
     type="debug",
     kind=Kind.EXPORTER,
     config=DebugConfig,
     create=DebugExporter,
+    signals=frozenset(Signal),
     description="Logs pipeline data (summary, one line per item, or a full dump).",
 )

@@ -26,11 +26,12 @@ import re
 import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 from pydantic import Field, field_validator
 
-from gateway.batch import Batch
+from gateway.anomaly import AnomalyBatch
+from gateway.batch import Batch, Signal
 from gateway.component import ComponentConfig, ComponentContext, Duration, Factory, Kind
 from gateway.exporterhelper import QueuedExporter, QueuedExporterConfig, QueueSettings
 from gateway.otlpjson import encode
@@ -202,10 +203,11 @@ class FileExporter(QueuedExporter):
             self._flusher = asyncio.create_task(self._flush_loop(), name=f"{self.id}-flush")
 
     async def send(self, batch: Batch) -> None:
-        await asyncio.to_thread(self._write, batch.request)
+        await asyncio.to_thread(self._write, batch)
 
-    def _write(self, request: Any) -> None:
-        line = encode(request) + b"\n"  # encoded outside the lock: consumers encode in parallel
+    def _write(self, batch: Batch | AnomalyBatch) -> None:
+        # encoded outside the lock: consumers encode in parallel
+        line = batch.serialize() if isinstance(batch, AnomalyBatch) else encode(batch.request) + b"\n"
         with self._lock:
             self.writer.write(line)
             if self.config.flush_interval == 0:
@@ -248,5 +250,6 @@ FACTORY = Factory(
     kind=Kind.EXPORTER,
     config=FileConfig,
     create=FileExporter,
-    description="Writes OTLP/JSON lines (one Export request per line) to a file, with rotation.",
+    signals=frozenset(Signal),
+    description="Writes OTLP/JSON lines (one Export request per line; alerts: one per line), with rotation.",
 )
