@@ -44,13 +44,16 @@ class Severity(StrEnum):
         return _SEVERITY_RANK[self]
 
     @classmethod
-    def from_score(cls, score: float) -> Severity:
-        """Severity from an ensemble score in [0, 1]."""
-        if score >= 0.95:
+    def from_score(cls, score: float, bounds: tuple[float, float, float] = (0.7, 0.8, 0.9)) -> Severity:
+        """Severity from a detector score in [0, 1): `bounds` are where medium, high and critical start.
+
+        The defaults sit at about 1.4x, 2.1x and 7x the alarm statistic (scores are 0.5 at 1x).
+        """
+        if score >= bounds[2]:
             return cls.CRITICAL
-        if score >= 0.85:
+        if score >= bounds[1]:
             return cls.HIGH
-        if score >= 0.7:
+        if score >= bounds[0]:
             return cls.MEDIUM
         return cls.LOW
 

@@ -122,7 +122,9 @@ class PermanentError(ConsumeError):
 
 # ---------------------------------------------------------------- runtime contracts
 class Consumer(Protocol):
-    async def consume(self, batch: Batch) -> None: ...
+    """Anything that takes a batch: an OTLP `Batch`, or an `AnomalyBatch` on the anomalies signal."""
+
+    async def consume(self, batch: Any) -> None: ...
 
 
 @dataclass

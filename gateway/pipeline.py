@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -87,7 +87,13 @@ def _context(
     return ComponentContext(cid, kind, logger, telemetry, admission, pipeline)
 
 
-def build_graph(config: GatewayConfig, telemetry: SelfTelemetry, admission: Admission) -> Graph:
+def build_graph(
+    config: GatewayConfig,
+    telemetry: SelfTelemetry,
+    admission: Admission,
+    sink_for: Callable[[ComponentId], Consumer] | None = None,
+) -> Graph:
+    """Instantiate and wire every component; `sink_for` replaces exporters (replay uses it)."""
     graph = Graph()
     referenced = {c for p in config.pipelines for c in (*p.receivers, *p.exporters)}
     targets: tuple[tuple[Kind, dict[ComponentId, Any]], ...] = (
@@ -96,11 +102,15 @@ def build_graph(config: GatewayConfig, telemetry: SelfTelemetry, admission: Admi
         (Kind.CONNECTOR, graph.connectors),
     )
     for kind, target in targets:
+        if kind is Kind.EXPORTER and sink_for is not None:
+            continue
         for cid, spec in config.components[kind].items():
             if cid in referenced:
                 comp: Component = spec.factory.create(_context(cid, kind, telemetry, admission), spec.config)
                 target[cid] = comp
     sinks: dict[ComponentId, Consumer] = {**graph.exporters, **graph.connectors}
+    if sink_for is not None:
+        sinks.update({cid: sink_for(cid) for cid in config.components[Kind.EXPORTER] if cid in referenced})
     sources: dict[ComponentId, Receiver | Connector] = {**graph.receivers, **graph.connectors}
     heads: dict[tuple[ComponentId, Signal], list[Consumer]] = {}
     for pl in config.pipelines:

@@ -6,3 +6,8 @@ REGISTRY: dict[str, str] = {
     "memory_limiter": "processors.memory_limiter",
     "redact": "processors.redact",
 }
+
+# Connectors (exporter of one pipeline, receiver of another) live with the processors.
+CONNECTORS: dict[str, str] = {
+    "detect": "processors.detect.connector",
+}

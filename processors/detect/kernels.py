@@ -102,8 +102,11 @@ def ewma_step(row, x, alpha, warmup, k_alarm, rel_floor, abs_floor):  # pragma: 
         if n >= warmup:
             u = (x - mean) / sd / k_alarm
         d = x - mean
-        row[1] = mean + alpha * d
-        row[2] = (1.0 - alpha) * (var + alpha * d * d)
+        a = 1.0 / (n + 1.0)  # plain running mean/variance until 1/(n+1) drops below alpha
+        if a < alpha:
+            a = alpha
+        row[1] = mean + a * d
+        row[2] = (1.0 - a) * (var + a * d * d)
     row[0] = n + 1.0
     return u
 
@@ -115,7 +118,9 @@ def ewma_update(series_idx, values, state, alpha, warmup, k_alarm, rel_floor, ab
     Catches: values far from an exponentially weighted mean in units of the exponentially weighted
     standard deviation — spikes, dips and the first values of a level shift; follows slow drift.
     Statistic: ``(x − mean) / max(sd, floor) / k_alarm`` with mean and variance taken *before* the
-    value is absorbed (``d = x − mean; mean += α·d; var = (1 − α)(var + α·d²)``).
+    value is absorbed (``d = x − mean; mean += a·d; var = (1 − a)(var + a·d²)`` with
+    ``a = max(α, 1/(n+1))``: the plain running mean/variance at first, so the early σ is not biased
+    low, then the exponential forgetting of ``α``).
     Parameters: ``alpha`` smoothing (≈ 2/(span + 1)); ``k_alarm`` the z at score 0.5 (e.g. 4);
     ``rel_floor``/``abs_floor`` the floor on sd. Warm-up: ``warmup`` values (the first value only
     initialises the mean). State: ``float64[n_series, EWMA_WIDTH]`` zeros.
@@ -186,7 +191,7 @@ def window_push(row, buf, w, x):  # pragma: no cover - compiled
 def sorted_quantile(buf, w, filled, q):  # pragma: no cover - compiled
     """Linearly interpolated quantile of the sorted part ``buf[w:w+filled]`` (numpy's default rule)."""
     pos = q * (filled - 1)
-    lo = int(math.floor(pos))
+    lo = int(pos)  # pos >= 0: truncation is floor
     hi = lo + 1 if lo + 1 < filled else lo
     frac = pos - lo
     return buf[w + lo] * (1.0 - frac) + buf[w + hi] * frac
@@ -363,18 +368,32 @@ def cusum_step(row, x, alpha, warmup, k_slack, h, clip, rel_floor, abs_floor):  
     sp = row[3]
     sn = row[4]
     if n >= warmup:
-        sp = max(0.0, sp + z - k_slack)
-        sn = max(0.0, sn - z - k_slack)
+        zc = z  # winsorised increment: a lone spike adds at most clip - k_slack
+        if zc > clip:
+            zc = clip
+        elif zc < -clip:
+            zc = -clip
+        sp = max(0.0, sp + zc - k_slack)
+        sn = max(0.0, sn - zc - k_slack)
     row[3] = sp
     row[4] = sn
-    # reference: EWM of the value winsorised at ±clip·sd, so a shift is absorbed gradually
-    if z > clip:
-        z = clip
-    elif z < -clip:
-        z = -clip
-    d = z * sd
-    row[1] = mean + alpha * d
-    row[2] = (1.0 - alpha) * (var + alpha * d * d)
+    # reference: during the warm-up the plain running mean/variance of the values (a = 1/(n+1));
+    # afterwards a slow EWM of the value winsorised at ±clip·sd, so a shift is absorbed gradually
+    a = 1.0 / (n + 1.0)
+    if n >= warmup or a < alpha:
+        a = alpha
+        if z > clip:
+            row[1] = mean + a * clip * sd
+        elif z < -clip:
+            row[1] = mean - a * clip * sd
+        else:
+            d = x - mean
+            row[1] = mean + a * d
+            row[2] = (1.0 - a) * (var + a * d * d)
+    else:
+        d = x - mean
+        row[1] = mean + a * d
+        row[2] = (1.0 - a) * (var + a * d * d)
     row[0] = n + 1.0
     if sp >= sn:
         return sp / h
@@ -389,9 +408,16 @@ def cusum_update(
 
     Catches: a mean shift of a few σ that persists. Each value adds ``z − k_slack`` to the upper sum
     ``S⁺`` and ``−z − k_slack`` to the lower sum ``S⁻`` (both clipped at 0), so isolated noise drains
-    away while a sustained shift accumulates linearly. ``z`` is taken against a slow EWM reference
-    (``alpha``) fed with values winsorised at ±``clip``·σ: a single spike moves it little, a shift is
-    absorbed gradually and the sum decays once the reference has caught up. Statistic
+    away while a sustained shift accumulates linearly. ``z`` is winsorised at ±``clip`` in the sums:
+    a single spike, however large, adds at most ``clip − k_slack`` — spikes are the other detectors'
+    business, CUSUM's statistic measures persistence (and is bounded per value, so its score is not
+    a spike-size ranking). ``z`` is taken against a slow EWM reference
+    (``alpha``): its mean is fed values winsorised at ±``clip``·σ and its variance only values within
+    ±``clip``·σ, so a single spike moves it little, a shift neither inflates σ nor is absorbed at
+    once (the mean walks towards the new level by ``alpha·clip·σ`` per value) and the sum decays once
+    the reference has caught up. During the warm-up the
+    reference is the plain running mean/variance of the values seen (no winsorising yet: there is
+    no σ to winsorise with). Statistic
     ``max(S⁺, S⁻)/h`` (``h`` the decision interval, score 0.5 there); direction +1 for an upward shift
     (S⁺ larger), −1 for a drop. Typical: ``k_slack`` 0.5 (tuned to a 1σ shift), ``h`` 5.
     Warm-up: ``warmup`` values before the sums start. State: ``float64[n, CUSUM_WIDTH]`` zeros.
@@ -587,6 +613,7 @@ def ensemble_kernel(
     meta,
     prm,
     weights,
+    normalized,
 ):  # pragma: no cover - compiled
     """The ensemble of all six detectors over a batch (see ``processors.detect.ensemble``).
 
@@ -643,7 +670,9 @@ def ensemble_kernel(
             u[1] = 0.0
             u[2] = 0.0
         window_push(win_state[s], win[s], w, x)
-        u[3] = cusum_step(cusum[s], x, cusum_alpha, warmup, cusum_k, cusum_h, cusum_clip, rel_floor, abs_floor)
+        u[3] = cusum_step(
+            cusum[s], x, cusum_alpha, warmup, cusum_k, cusum_h, cusum_clip, rel_floor, abs_floor
+        )
         nh = int(ham_state[s, 0])
         if nh >= warmup and nh > 0:
             u[4] = hampel_stat(ham[s], hw, nh if nh < hw else hw, x, hampel_k, rel_floor, abs_floor)
@@ -665,20 +694,19 @@ def ensemble_kernel(
         best = 0.0
         who = 0
         pk = peaks[s]
-        for d in range(5):
+        for d in range(6):
             a = abs(u[d])
-            p = pk[d]
-            ref = p if p > peak_floor else peak_floor
-            v = weights[d] * a / ref
+            if normalized[d] != 0.0:
+                p = pk[d]
+                ref = p if p > peak_floor else peak_floor
+                v = weights[d] * a / ref
+                p *= peak_decay
+                pk[d] = a if a > p else p
+            else:
+                v = weights[d] * a
             if v > best:
                 best = v
                 who = d + 1
-            p *= peak_decay
-            pk[d] = a if a > p else p
-        v = weights[5] * abs(u[5])
-        if v > best:
-            best = v
-            who = 6
         score[i] = squash(best)
         if who > 0:
             detector[i] = who

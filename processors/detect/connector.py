@@ -1,0 +1,753 @@
+"""Connector `detect`: online anomaly detection on LLM calls, in event time.
+
+Used as an exporter of a traces pipeline (after `genai`) and as the receiver of
+an `anomalies` pipeline, as the Collector's connectors are:
+
+    connectors:
+      detect: {}
+    service:
+      pipelines:
+        traces:    {receivers: [otlp], processors: [genai], exporters: [file, detect]}
+        anomalies: {receivers: [detect], exporters: [debug, file/alerts]}
+
+Flow per batch (all vectorised; numba kernels see whole batches):
+1. LLM rows go into a lateness buffer ordered by event time (span end). Rows
+   older than the watermark (newest event time − `lateness`) are released in
+   event-time order, so out-of-order arrival within the bound changes nothing.
+2. Per series (service × provider × operation × request model, capped), five
+   value streams (log latency, log TTFT, log1p input/output tokens, log1p cost)
+   are scored by the detector ensemble; an upward score ≥ `threshold` is a
+   latency/ttft/token/cost spike, or a level shift when CUSUM led.
+3. Calls are counted in `bucket` windows; each closed bucket (empty ones too)
+   feeds the request-count ensemble (traffic spike/drop) and binomial burst
+   tests for errors, 429s and `length` truncations.
+4. A response model never seen before for an established request model is a
+   model change; PSI between a reference and a recent histogram of latency and
+   output tokens is drift.
+5. Anomalies are deduplicated in event time and emitted to the anomalies
+   pipeline, the alert store (`GET /api/v1/anomalies`) and
+   `llm_sentinel_anomalies_total`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from pydantic import Field, model_validator
+
+from gateway.anomaly import AnomalyBatch, AnomalyEvent, AnomalyType, Severity
+from gateway.batch import Batch, Signal, SpanBatch
+from gateway.component import ComponentConfig, ComponentContext, Connector, Duration, Factory, Kind
+from processors.detect.alerts import AlertStore, Deduplicator
+from processors.detect.ensemble import DET_CUSUM, DETECTOR_NAMES, EnsembleParams, EnsembleState, score_batch
+from processors.detect.ensemble import warm_up as ensemble_warm_up
+from processors.detect.rates import RATE_WIDTH, burst_update
+
+log = logging.getLogger("sentinel.detect")
+
+# value streams per series
+METRICS = ("latency_s", "ttft_s", "input_tokens", "output_tokens", "cost_usd")
+METRIC_TYPES = (
+    AnomalyType.LATENCY_SPIKE,
+    AnomalyType.TTFT_SPIKE,
+    AnomalyType.TOKEN_SPIKE,
+    AnomalyType.TOKEN_SPIKE,
+    AnomalyType.COST_SPIKE,
+)
+N_METRICS = len(METRICS)
+# rate streams per series
+RATES = ("error", "rate_limited", "truncated")
+RATE_TYPES = (AnomalyType.ERROR_BURST, AnomalyType.RATE_LIMIT_BURST, AnomalyType.TRUNCATION_SPIKE)
+DRIFT_METRICS = ("latency_s", "output_tokens")
+DRIFT_BINS = np.concatenate([[-np.inf], np.linspace(-4.0, 12.0, 33), [np.inf]])  # on the transformed scale
+
+
+def transform(name: str, v: np.ndarray) -> np.ndarray:
+    """Detection scale: logs for durations, log1p for counts and money (spikes are multiplicative)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if name in ("latency_s", "ttft_s"):
+            return np.log(np.maximum(v, 1e-4))
+        if name == "cost_usd":
+            return np.log1p(np.maximum(v, 0.0) * 1e6)  # micro-dollars
+        return np.log1p(np.maximum(v, 0.0))
+
+
+def untransform(name: str, x: float) -> float:
+    if name in ("latency_s", "ttft_s"):
+        return math.exp(x)
+    if name == "cost_usd":
+        return math.expm1(x) / 1e6
+    return math.expm1(x)
+
+
+class SeverityBounds(ComponentConfig):
+    medium: float = Field(default=0.7, gt=0, lt=1)
+    high: float = Field(default=0.8, gt=0, lt=1)
+    critical: float = Field(default=0.9, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> SeverityBounds:
+        if not self.medium < self.high < self.critical:
+            raise ValueError("severity bounds must increase: medium < high < critical")
+        return self
+
+
+class BurstSettings(ComponentConfig):
+    z_alarm: float = Field(default=4.0, gt=0, description="Binomial z at which a burst scores 0.5.")
+    min_count: int = Field(default=3, ge=1, description="Fewest events in a bucket to call it a burst.")
+    min_rate: float = Field(default=0.1, ge=0, le=1, description="Rate excess over the baseline required.")
+    baseline_floor: float = Field(default=0.01, ge=0, lt=1)
+    alpha: float = Field(default=0.05, gt=0, le=1)
+
+
+class DriftSettings(ComponentConfig):
+    enabled: bool = True
+    reference_points: int = Field(default=500, ge=50, description="Calls forming the reference histogram.")
+    recent_half_life: int = Field(
+        default=500, ge=10, description="Half-life of the recent histogram, in calls."
+    )
+    psi_threshold: float = Field(
+        default=0.25, gt=0, description="PSI above this is drift (0.25 = major shift)."
+    )
+    min_recent: int = Field(
+        default=500, ge=10, description="Calls since the reference before drift is judged."
+    )
+
+
+class EnsembleSettings(ComponentConfig):
+    """Detector ensemble tuning for LLM value streams (see processors/detect/ensemble.py)."""
+
+    weights: tuple[float, float, float, float, float, float] = Field(
+        default=(1.0, 1.0, 1.0, 1.0, 1.0, 0.5),
+        description="ewma, robust_z, iqr, cusum, hampel, range. LLM latencies and token counts are "
+        "heavy-tailed: new records are common, so the range detector counts half.",
+    )
+    peak_floor: float = Field(default=1.5, gt=0, description="Alarm units a classical detector needs.")
+    peak_decay: float = Field(default=0.999, gt=0, le=1, description="Memory of each detector's habit.")
+
+    def params(self, warmup: int, **extra: Any) -> EnsembleParams:
+        return EnsembleParams(
+            warmup=warmup,
+            weights=self.weights,
+            peak_floor=self.peak_floor,
+            peak_decay=self.peak_decay,
+            **extra,
+        )
+
+
+class DetectConfig(ComponentConfig):
+    max_series: int = Field(default=10_000, ge=1, description="Series tracked; further series are counted.")
+    lateness: Duration = Field(default=10.0, ge=0, description="How late (event time) a span may arrive.")
+    bucket: Duration = Field(default=60.0, gt=0, description="Width of rate buckets (errors, 429s, traffic).")
+    threshold: float = Field(default=0.52, gt=0, lt=1, description="Score that makes a point anomalous.")
+    confirm_within: int = Field(
+        default=10,
+        ge=0,
+        description="A spike below critical severity alerts only if another anomalous point of the same "
+        "stream came within this many points (one heavy-tail outlier is not an incident); 0 = off.",
+    )
+    warmup: int = Field(default=100, ge=1, description="Points per stream before it may alarm.")
+    min_calls_for_model_change: int = Field(default=20, ge=1)
+    dedup_window: Duration = Field(default=300.0, gt=0)
+    severity: SeverityBounds = SeverityBounds()
+    ensemble: EnsembleSettings = EnsembleSettings()
+    bursts: BurstSettings = BurstSettings()
+    drift: DriftSettings = DriftSettings()
+    max_alerts: int = Field(default=10_000, ge=1, description="Alerts kept for the admin API.")
+    idle_advance: bool = Field(
+        default=True,
+        description="Advance event time with the wall clock when no spans arrive, so silence is seen "
+        "(live only; replay never does).",
+    )
+
+
+@dataclass
+class Released:
+    """LLM calls released from the lateness buffer, in event-time order."""
+
+    t_ns: np.ndarray
+    series: np.ndarray
+    values: dict[str, np.ndarray]
+    flags: dict[str, np.ndarray]
+    response_model: list[str]
+    trace_id: list[str]
+
+    def __len__(self) -> int:
+        return int(self.t_ns.shape[0])
+
+
+class Detector:
+    """All detection state and logic; independent of asyncio so replay and live share it."""
+
+    def __init__(self, config: DetectConfig, store: AlertStore | None = None) -> None:
+        self.cfg = config
+        self.store = store
+        self.series: dict[tuple[str, str, str, str], int] = {}
+        self.keys: list[tuple[str, str, str, str]] = []
+        self.dropped_series = 0
+        self.values = EnsembleState(
+            config.ensemble.params(config.warmup)
+        )  # row = series * N_METRICS + metric
+        # request counts on a square-root scale (Poisson noise becomes ~0.5 wide), so the floor is absolute
+        self.traffic = EnsembleState(
+            config.ensemble.params(config.warmup // 3 or 1, abs_floor=0.5)
+        )  # row = series
+        self.rates = np.zeros((0, len(RATES), RATE_WIDTH))
+        # open bucket per series: index and counts (calls, errors, 429s, truncated)
+        self.bucket_idx = np.zeros(0, dtype=np.int64)
+        self.bucket_counts = np.zeros((0, 4))
+        self.bucket_traces: list[list[str]] = []
+        self.models: list[dict[str, int]] = []
+        self.calls = np.zeros(0, dtype=np.int64)
+        nb = len(DRIFT_BINS) - 1
+        self.ref_hist = np.zeros((0, len(DRIFT_METRICS), nb))
+        self.recent_hist = np.zeros((0, len(DRIFT_METRICS), nb))
+        self.ref_n = np.zeros((0, len(DRIFT_METRICS)))
+        self.recent_n = np.zeros((0, len(DRIFT_METRICS)))
+        self.drift_alarmed = np.zeros((0, len(DRIFT_METRICS)), dtype=np.bool_)
+        self.last_hit = np.zeros(0)  # per value-stream row: position of its last anomalous point
+        self.last_hit_score = np.zeros(0)
+        self.pending: list[dict[str, Any]] = []
+        self.max_t_ns = 0
+        self.watermark_ns = 0
+        self.dedup = Deduplicator(int(config.dedup_window * 1e9))
+        self._bounds = (config.severity.medium, config.severity.high, config.severity.critical)
+
+    # ---------------------------------------------------------------- series
+    def _series_rows(self, keys: list[tuple[str, str, str, str]]) -> np.ndarray:
+        rows = np.empty(len(keys), dtype=np.int64)
+        for i, key in enumerate(keys):
+            row = self.series.get(key)
+            if row is None:
+                if len(self.keys) >= self.cfg.max_series:
+                    self.dropped_series += 1
+                    rows[i] = -1
+                    continue
+                row = len(self.keys)
+                self.series[key] = row
+                self.keys.append(key)
+                self._grow(row + 1)
+            rows[i] = row
+        return rows
+
+    def _grow(self, n: int) -> None:
+        have = self.bucket_idx.shape[0]
+        if n <= have:
+            return
+        extra = max(n, 2 * have, 16) - have
+
+        def pad(a: np.ndarray, fill: float = 0) -> np.ndarray:
+            return np.concatenate([a, np.full((extra, *a.shape[1:]), fill, dtype=a.dtype)])
+
+        self.rates = pad(self.rates)
+        self.bucket_idx = pad(self.bucket_idx, -1)
+        self.bucket_counts = pad(self.bucket_counts)
+        self.calls = pad(self.calls)
+        self.ref_hist, self.recent_hist = pad(self.ref_hist), pad(self.recent_hist)
+        self.ref_n, self.recent_n = pad(self.ref_n), pad(self.recent_n)
+        self.drift_alarmed = pad(self.drift_alarmed)
+        self.bucket_traces.extend([] for _ in range(extra))
+        self.models.extend({} for _ in range(extra))
+
+    # ---------------------------------------------------------------- input
+    def ingest(self, batch: SpanBatch) -> None:
+        """Buffer the LLM calls of an annotated span batch."""
+        c = batch.columns
+        rows = np.flatnonzero(c["llm"])
+        if not rows.shape[0]:
+            return
+        values = batch.strings.values
+
+        def strs(name: str) -> list[str]:
+            col = c[name][rows]
+            return [values[x] if x >= 0 else "" for x in col.tolist()]
+
+        chunk: dict[str, Any] = {
+            "t": c["end_ns"][rows].astype(np.int64),
+            "key": list(
+                zip(strs("service"), strs("provider"), strs("operation"), strs("request_model"), strict=True)
+            ),
+            "response_model": strs("response_model"),
+            "trace_id": [
+                f"{hi:016x}{lo:016x}"
+                for hi, lo in zip(
+                    c["trace_id_hi"][rows].tolist(), c["trace_id_lo"][rows].tolist(), strict=True
+                )
+            ],
+            **{m: c[m][rows].astype(np.float64) for m in METRICS},
+            **{f: c[f][rows].astype(np.bool_) for f in RATES},
+        }
+        self.pending.append(chunk)
+        self.max_t_ns = max(self.max_t_ns, int(chunk["t"].max()))
+
+    def _release(self, upto_ns: int | None) -> Released | None:
+        if not self.pending:
+            return None
+        merged: dict[str, Any] = {}
+        for k in self.pending[0]:
+            if isinstance(self.pending[0][k], np.ndarray):
+                merged[k] = np.concatenate([p[k] for p in self.pending])
+            else:
+                merged[k] = [x for p in self.pending for x in p[k]]
+        t = merged["t"]
+        ready = np.ones(t.shape[0], dtype=np.bool_) if upto_ns is None else t <= upto_ns
+        keep = np.flatnonzero(~ready)
+        self.pending = (
+            [
+                {
+                    k: (v[keep] if isinstance(v, np.ndarray) else [v[i] for i in keep.tolist()])
+                    for k, v in merged.items()
+                }
+            ]
+            if keep.shape[0]
+            else []
+        )
+        idx = np.flatnonzero(ready)
+        if not idx.shape[0]:
+            return None
+        order = idx[np.argsort(t[idx], kind="stable")]
+        ol = order.tolist()
+        keys = [merged["key"][i] for i in ol]
+        return Released(
+            t_ns=t[order],
+            series=self._series_rows(keys),
+            values={m: merged[m][order] for m in METRICS},
+            flags={f: merged[f][order] for f in RATES},
+            response_model=[merged["response_model"][i] for i in ol],
+            trace_id=[merged["trace_id"][i] for i in ol],
+        )
+
+    # ---------------------------------------------------------------- driving
+    def advance(self, flush: bool = False, now_event_ns: int | None = None) -> list[AnomalyEvent]:
+        """Process everything the watermark allows; `flush` releases all (end of replay / shutdown)."""
+        if now_event_ns is not None:
+            self.max_t_ns = max(self.max_t_ns, now_event_ns)
+        wm = self.max_t_ns - int(self.cfg.lateness * 1e9)
+        self.watermark_ns = max(self.watermark_ns, wm)
+        rel = self._release(None if flush else self.watermark_ns)
+        found: list[AnomalyEvent] = []
+        if rel is not None and len(rel):
+            ok = rel.series >= 0
+            if not ok.all():
+                rel = _subset(rel, ok)
+            spikes, spiky_points = self._score_values(rel)
+            found += spikes
+            found += self._bucket_points(rel)
+            found += self._model_changes(rel)
+            if self.cfg.drift.enabled:
+                found += self._drift(rel, exclude=spiky_points)
+        close_upto = self.max_t_ns if flush else self.watermark_ns
+        found += self._close_buckets(close_upto)
+        found.sort(key=lambda e: (e.time_ns, e.service, e.model, e.type.value, e.metric))
+        return self._dedup(found)
+
+    def _dedup(self, found: list[AnomalyEvent]) -> list[AnomalyEvent]:
+        emitted = []
+        now = time.time_ns()
+        for ev in found:
+            if ev.type is AnomalyType.LEVEL_SHIFT:
+                # a shift seen while the same metric's spike alert is open is that spike, not news
+                spike = METRIC_TYPES[METRICS.index(ev.metric)]
+                if self.dedup.is_open((ev.service, ev.model, spike.value), ev.time_ns):
+                    ev.type = spike
+                    ev.id = ev.make_id()
+            out = self.dedup.offer(ev)
+            if out is None:  # folded into an open alert (the store shows that object, count included)
+                continue
+            out.detected_at_ns = now
+            emitted.append(out)
+            if self.store is not None:
+                self.store.record(out, self.dedup.current(ev.dedup_key))
+        return emitted
+
+    # ---------------------------------------------------------------- value streams
+    def _event(
+        self,
+        row: int,
+        t_ns: int,
+        metric: str,
+        atype: AnomalyType,
+        score: float,
+        value: float,
+        baseline: float,
+        detector: str,
+        trace_ids: list[str],
+        **details: Any,
+    ) -> AnomalyEvent:
+        service, provider, operation, model = self.keys[row]
+        return AnomalyEvent(
+            time_ns=t_ns,
+            service=service,
+            provider=provider,
+            operation=operation,
+            model=model,
+            metric=metric,
+            type=atype,
+            severity=Severity.from_score(score, self._bounds),
+            value=value,
+            baseline=baseline,
+            score=score,
+            detector=detector,
+            trace_ids=trace_ids,
+            details=details,
+        )
+
+    def _score_values(self, rel: Released) -> tuple[list[AnomalyEvent], np.ndarray]:
+        """Spike/level-shift events, and a mask of points that scored anomalous (kept out of drift)."""
+        n = len(rel)
+        spiky = np.zeros(n, dtype=np.bool_)
+        # interleave the metric streams point by point, keeping event-time order
+        rows = (rel.series[:, None] * N_METRICS + np.arange(N_METRICS)[None, :]).reshape(-1)
+        vals = np.stack([transform(m, rel.values[m]) for m in METRICS], axis=1).reshape(-1)
+        ts = np.repeat(rel.t_ns / 1e9, N_METRICS)
+        point = np.repeat(np.arange(n), N_METRICS)
+        finite = np.isfinite(vals)
+        rows, vals, ts, point = rows[finite], vals[finite], ts[finite], point[finite]
+        if not rows.shape[0]:
+            return [], spiky
+        self.values.ensure(int(rows.max()) + 1)
+        if self.last_hit.shape[0] < self.values.capacity:
+            grown = np.full(self.values.capacity, -1e18)
+            grown[: self.last_hit.shape[0]] = self.last_hit
+            self.last_hit = grown
+            grown_s = np.zeros(self.values.capacity)
+            grown_s[: self.last_hit_score.shape[0]] = self.last_hit_score
+            self.last_hit_score = grown_s
+        # position of each point in its stream: points seen before this batch + rank within it
+        before = self.values.points[rows]
+        order = np.argsort(rows, kind="stable")
+        sorted_rows = rows[order]
+        starts = np.flatnonzero(np.r_[True, sorted_rows[1:] != sorted_rows[:-1]])
+        rank_sorted = np.arange(rows.shape[0]) - np.repeat(starts, np.diff(np.r_[starts, rows.shape[0]]))
+        rank = np.empty_like(rank_sorted)
+        rank[order] = rank_sorted
+        position = before + rank + 1
+        scored = score_batch(self.values, rows, vals, ts)
+        hit = np.flatnonzero((scored.score >= self.cfg.threshold) & (scored.direction > 0))
+        out = []
+        confirm = self.cfg.confirm_within
+        for h in hit.tolist():
+            r = int(rows[h])
+            s, m = divmod(r, N_METRICS)
+            p = int(point[h])
+            spiky[p] = True
+            pos = float(position[h])
+            recent = pos - self.last_hit[r] <= confirm
+            score = float(scored.score[h])
+            # a confirmed spike is as severe as the strongest of its points
+            alert_score = max(score, float(self.last_hit_score[r])) if recent else score
+            self.last_hit[r], self.last_hit_score[r] = pos, score
+            if confirm and not recent and score < self.cfg.severity.critical:
+                continue  # a lone outlier: wait for a second one
+            name = METRICS[m]
+            det = int(scored.detector[h])
+            atype = AnomalyType.LEVEL_SHIFT if det == DET_CUSUM else METRIC_TYPES[m]
+            baseline = untransform(name, float(self.values.ewma[r, 1]))
+            out.append(
+                self._event(
+                    s,
+                    int(rel.t_ns[p]),
+                    name,
+                    atype,
+                    alert_score,
+                    float(rel.values[name][p]),
+                    baseline,
+                    DETECTOR_NAMES[det],
+                    [rel.trace_id[p]],
+                )
+            )
+        return out, spiky
+
+    # ---------------------------------------------------------------- buckets
+    def _bucket_points(self, rel: Released) -> list[AnomalyEvent]:
+        width = int(self.cfg.bucket * 1e9)
+        b = rel.t_ns // width
+        out: list[AnomalyEvent] = []
+        for i in range(len(rel)):  # sequential by nature: bucket changes close the previous bucket
+            s = int(rel.series[i])
+            if self.bucket_idx[s] < 0:
+                self.bucket_idx[s] = b[i]
+            elif b[i] > self.bucket_idx[s]:
+                out += self._close_series(s, int(b[i]))
+            self.bucket_counts[s, 0] += 1
+            if rel.flags["error"][i]:
+                self.bucket_counts[s, 1] += 1
+                if len(self.bucket_traces[s]) < AnomalyEvent.MAX_TRACE_IDS:
+                    self.bucket_traces[s].append(rel.trace_id[i])
+            self.bucket_counts[s, 2] += rel.flags["rate_limited"][i]
+            self.bucket_counts[s, 3] += rel.flags["truncated"][i]
+        return out
+
+    def _close_buckets(self, upto_ns: int) -> list[AnomalyEvent]:
+        """Close every open bucket that ends at or before `upto_ns` (silent series included)."""
+        width = int(self.cfg.bucket * 1e9)
+        target = upto_ns // width
+        n = len(self.keys)
+        out: list[AnomalyEvent] = []
+        for s in np.flatnonzero((self.bucket_idx[:n] >= 0) & (self.bucket_idx[:n] < target)).tolist():
+            out += self._close_series(s, int(target))
+        return out
+
+    def _close_series(self, s: int, new_bucket: int) -> list[AnomalyEvent]:
+        """Close series `s`'s open bucket (and empty ones up to `new_bucket`); score them."""
+        width = int(self.cfg.bucket * 1e9)
+        first = int(self.bucket_idx[s])
+        gap = min(new_bucket - first, 3)  # beyond a few empty buckets the traffic verdict is made
+        counts = np.zeros((gap, 4))
+        counts[0] = self.bucket_counts[s]
+        traces = self.bucket_traces[s]
+        self.bucket_counts[s] = 0
+        self.bucket_traces[s] = []
+        self.bucket_idx[s] = new_bucket
+        ends = (first + 1 + np.arange(gap)) * width - 1
+        out: list[AnomalyEvent] = []
+        # traffic: the request-count ensemble, both directions
+        sc = score_batch(self.traffic, np.full(gap, s, dtype=np.int64), np.sqrt(counts[:, 0]), ends / 1e9)
+        for j in np.flatnonzero(sc.score >= self.cfg.threshold).tolist():
+            atype = AnomalyType.TRAFFIC_SPIKE if sc.direction[j] > 0 else AnomalyType.TRAFFIC_DROP
+            base = float(self.traffic.ewma[s, 1]) ** 2
+            out.append(
+                self._event(
+                    s,
+                    int(ends[j]),
+                    "requests_per_bucket",
+                    atype,
+                    float(sc.score[j]),
+                    float(counts[j, 0]),
+                    base,
+                    DETECTOR_NAMES[int(sc.detector[j])],
+                    [],
+                )
+            )
+        # bursts: only buckets with calls
+        if counts[0, 0] > 0:
+            c = self.cfg.bursts
+            for r, (name, atype) in enumerate(zip(RATES, RATE_TYPES, strict=True)):
+                score, rate, base = burst_update(
+                    np.array([s * len(RATES) + r], dtype=np.int64),
+                    counts[:1, 0],
+                    counts[:1, r + 1],
+                    self.rates.reshape(-1, RATE_WIDTH),
+                    c.alpha,
+                    float(self.cfg.warmup // 3 or 1),
+                    c.baseline_floor,
+                    c.z_alarm,
+                    float(c.min_count),
+                    c.min_rate,
+                )
+                if score[0] >= self.cfg.threshold:
+                    out.append(
+                        self._event(
+                            s,
+                            int(ends[0]),
+                            f"{name}_rate",
+                            atype,
+                            float(score[0]),
+                            float(rate[0]),
+                            float(base[0]),
+                            "binomial_burst",
+                            traces if name == "error" else [],
+                            calls=int(counts[0, 0]),
+                            events=int(counts[0, r + 1]),
+                        )
+                    )
+        return out
+
+    # ---------------------------------------------------------------- model change
+    def _model_changes(self, rel: Released) -> list[AnomalyEvent]:
+        out = []
+        need = self.cfg.min_calls_for_model_change
+        for i in range(len(rel)):
+            s = int(rel.series[i])
+            self.calls[s] += 1
+            model = rel.response_model[i]
+            if not model:
+                continue
+            seen = self.models[s]
+            if model not in seen and seen and sum(seen.values()) >= need:
+                usual = max(seen, key=lambda k: seen[k])
+                out.append(
+                    self._event(
+                        s,
+                        int(rel.t_ns[i]),
+                        "response_model",
+                        AnomalyType.MODEL_CHANGE,
+                        0.85,
+                        math.nan,
+                        math.nan,
+                        "new_response_model",
+                        [rel.trace_id[i]],
+                        previous=usual,
+                        current=model,
+                    )
+                )
+            if len(seen) < 32 or model in seen:
+                seen[model] = seen.get(model, 0) + 1
+        return out
+
+    # ---------------------------------------------------------------- drift
+    def _drift(self, rel: Released, exclude: np.ndarray) -> list[AnomalyEvent]:
+        d = self.cfg.drift
+        decay = 0.5 ** (1.0 / d.recent_half_life)
+        out = []
+        for j, name in enumerate(DRIFT_METRICS):
+            x = transform(name, rel.values[name])
+            bins = np.digitize(x, DRIFT_BINS[1:-1])
+            for i in np.flatnonzero(np.isfinite(x) & ~exclude).tolist():
+                s = int(rel.series[i])
+                if self.ref_n[s, j] < d.reference_points:
+                    self.ref_hist[s, j, bins[i]] += 1
+                    self.ref_n[s, j] += 1
+                    continue
+                self.recent_hist[s, j] *= decay
+                self.recent_hist[s, j, bins[i]] += 1
+                self.recent_n[s, j] += 1
+                if self.recent_n[s, j] < d.min_recent or self.recent_n[s, j] % 50:
+                    continue
+                psi = _psi(self.ref_hist[s, j], self.recent_hist[s, j])
+                if psi >= d.psi_threshold and not self.drift_alarmed[s, j]:
+                    self.drift_alarmed[s, j] = True
+                    ref_mean = _hist_mean(self.ref_hist[s, j])
+                    cur_mean = _hist_mean(self.recent_hist[s, j])
+                    score = psi / (psi + d.psi_threshold)  # 0.5 at the threshold, never 1.0
+                    out.append(
+                        self._event(
+                            s,
+                            int(rel.t_ns[i]),
+                            name,
+                            AnomalyType.DRIFT,
+                            score,
+                            untransform(name, cur_mean),
+                            untransform(name, ref_mean),
+                            "psi",
+                            [rel.trace_id[i]],
+                            psi=round(psi, 4),
+                        )
+                    )
+                elif psi < d.psi_threshold / 2:
+                    self.drift_alarmed[s, j] = False
+        return out
+
+
+def _psi(ref: np.ndarray, cur: np.ndarray) -> float:
+    eps = 1e-4
+    p = ref / max(ref.sum(), 1.0) + eps
+    q = cur / max(cur.sum(), 1.0) + eps
+    return float(np.sum((q - p) * np.log(q / p)))
+
+
+def _hist_mean(h: np.ndarray) -> float:
+    centers = np.concatenate(
+        [[DRIFT_BINS[1] - 0.25], (DRIFT_BINS[1:-2] + DRIFT_BINS[2:-1]) / 2, [DRIFT_BINS[-2]]]
+    )
+    total = h.sum()
+    return float((h * centers).sum() / total) if total else math.nan
+
+
+def _subset(rel: Released, mask: np.ndarray) -> Released:
+    idx = np.flatnonzero(mask).tolist()
+    return Released(
+        t_ns=rel.t_ns[mask],
+        series=rel.series[mask],
+        values={k: v[mask] for k, v in rel.values.items()},
+        flags={k: v[mask] for k, v in rel.flags.items()},
+        response_model=[rel.response_model[i] for i in idx],
+        trace_id=[rel.trace_id[i] for i in idx],
+    )
+
+
+def shared_store(ctx: ComponentContext, max_events: int) -> AlertStore:
+    store = ctx.telemetry.shared.get("alert_store")
+    if store is None:
+        store = AlertStore(ctx.telemetry.registry, max_events)
+        ctx.telemetry.shared["alert_store"] = store
+    assert isinstance(store, AlertStore)
+    return store
+
+
+class DetectConnector(Connector):
+    config: DetectConfig
+
+    def __init__(self, ctx: ComponentContext, config: DetectConfig) -> None:
+        super().__init__(ctx, config)
+        self.detector = Detector(config, shared_store(ctx, config.max_alerts))
+        self._tick: asyncio.Task[None] | None = None
+        self._last_input = time.monotonic()
+        self._annotator: Any = None
+
+    async def start(self) -> None:
+        # compile (or load cached) kernels off the event loop: start-up is not delayed
+        threading.Thread(target=_warm, name="numba-warm-up", daemon=True).start()
+        if self.config.idle_advance:
+            self._tick = asyncio.create_task(self._idle_loop(), name=f"{self.id}-idle")
+
+    async def shutdown(self) -> None:
+        if self._tick is not None:
+            self._tick.cancel()
+        await self._emit(self.detector.advance(flush=True))
+
+    async def consume(self, batch: Batch) -> None:
+        if not isinstance(batch, SpanBatch) or not len(batch):
+            return
+        if "llm" not in batch.columns:
+            self._annotate(batch)
+        self._last_input = time.monotonic()
+        self.detector.ingest(batch)
+        await self._emit(self.detector.advance())
+
+    def _annotate(self, batch: SpanBatch) -> None:
+        """No `genai` before us: extract here (without publishing metrics) rather than see nothing."""
+        if self._annotator is None:
+            from processors.genai import FACTORY as GENAI
+
+            cfg = GENAI.config.model_validate({"metrics": {"enabled": False}})
+            self._annotator = GENAI.create(self.ctx, cfg)
+        self._annotator.annotate(batch)
+
+    async def _emit(self, events: list[AnomalyEvent]) -> None:
+        if not events:
+            return
+        consumer = self.consumers.get(Signal.ANOMALIES)
+        if consumer is None:
+            return
+        try:
+            await consumer.consume(AnomalyBatch(events))
+        except Exception as exc:  # alerts must not fail the traces pipeline
+            self.logger.error(f"could not hand {len(events)} alert(s) to the anomalies pipeline: {exc}")
+
+    async def _idle_loop(self) -> None:
+        """Live only: with no input, let event time follow the wall clock so silence closes buckets."""
+        period = min(self.config.bucket / 2, 5.0)
+        while True:
+            await asyncio.sleep(period)
+            idle = time.monotonic() - self._last_input
+            if idle >= period and self.detector.max_t_ns:
+                now_event = self.detector.max_t_ns + int(idle * 1e9)
+                await self._emit(self.detector.advance(now_event_ns=now_event))
+                self._last_input = time.monotonic()
+
+
+def _warm() -> None:
+    try:
+        seconds = ensemble_warm_up()
+        log.info("detection kernels ready", extra={"fields": {"warm_up_s": round(seconds, 3)}})
+    except Exception:  # pragma: no cover - a compile failure shows up on first use as well
+        log.exception("numba warm-up failed")
+
+
+FACTORY = Factory(
+    type="detect",
+    kind=Kind.CONNECTOR,
+    config=DetectConfig,
+    create=DetectConnector,
+    signals=frozenset({Signal.TRACES}),
+    output_signals=frozenset({Signal.ANOMALIES}),
+    description="Online anomaly detection on LLM calls (traces in, deduplicated alerts out).",
+)
