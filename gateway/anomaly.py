@@ -137,6 +137,35 @@ class AnomalyEvent:
     def to_bytes(self) -> bytes:
         return orjson.dumps(self.to_json())
 
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> AnomalyEvent:
+        """The inverse of `to_json` (times at its microsecond precision; null value/baseline -> NaN).
+
+        `from_json(e.to_json()).to_json() == e.to_json()`: what exporters write is unchanged.
+        """
+        nan = float("nan")
+        return cls(
+            time_ns=parse_rfc3339(obj["time"]),
+            service=obj["service"],
+            provider=obj["provider"],
+            operation=obj["operation"],
+            model=obj["model"],
+            metric=obj["metric"],
+            type=AnomalyType(obj["type"]),
+            severity=Severity(obj["severity"]),
+            value=nan if obj.get("value") is None else float(obj["value"]),
+            baseline=nan if obj.get("baseline") is None else float(obj["baseline"]),
+            score=float(obj["score"]),
+            detector=obj["detector"],
+            detected_at_ns=parse_rfc3339(obj["detected_at"]) if obj.get("detected_at") else 0,
+            count=int(obj.get("count", 1)),
+            first_seen_ns=parse_rfc3339(obj["first_seen"]) if obj.get("first_seen") else 0,
+            last_seen_ns=parse_rfc3339(obj["last_seen"]) if obj.get("last_seen") else 0,
+            trace_ids=list(obj.get("trace_ids") or []),
+            id=obj.get("id") or "",
+            details=dict(obj.get("details") or {}),
+        )
+
     def copy(self) -> AnomalyEvent:
         d = asdict(self)
         d["type"], d["severity"] = self.type, self.severity
@@ -145,6 +174,18 @@ class AnomalyEvent:
 
 def _finite(v: float) -> float | None:
     return None if v != v or v in (float("inf"), float("-inf")) else v
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def parse_rfc3339(text: str) -> int:
+    """Nanoseconds since the epoch of an RFC 3339 time as `rfc3339` writes it (exact, no float)."""
+    dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    delta = dt - _EPOCH
+    return ((delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds) * 1000
 
 
 @dataclass
@@ -172,6 +213,11 @@ class AnomalyBatch:
     def serialize(self) -> bytes:
         """JSON lines, one alert per line."""
         return b"".join(e.to_bytes() + b"\n" for e in self.events)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> AnomalyBatch:
+        """The inverse of `serialize` (JSON lines), e.g. to restore a batch from a persistent queue."""
+        return cls([AnomalyEvent.from_json(orjson.loads(line)) for line in data.splitlines() if line.strip()])
 
     def copy(self) -> AnomalyBatch:
         return AnomalyBatch([e.copy() for e in self.events])

@@ -14,6 +14,8 @@ import signal
 import time
 from typing import Any
 
+from aiohttp import web
+
 from gateway.admin import AdminServer
 from gateway.config.model import GatewayConfig
 from gateway.pipeline import Graph, build_graph
@@ -23,6 +25,17 @@ from gateway.telemetry import SelfTelemetry
 log = logging.getLogger("sentinel.runtime")
 
 
+def alert_routes(store: Any) -> list[web.RouteDef]:
+    """`GET /api/v1/anomalies`: the detection connector's alert store, or an empty answer without one."""
+    if store is not None:
+        return list(store.routes())
+
+    async def no_detection(_: web.Request) -> web.Response:
+        return web.json_response({"anomalies": [], "count": 0, "detection": "not configured"})
+
+    return [web.get("/api/v1/anomalies", no_detection)]
+
+
 class Gateway:
     def __init__(self, config: GatewayConfig) -> None:
         self.config = config
@@ -30,6 +43,7 @@ class Gateway:
         self.admission = Admission()
         self.graph: Graph = build_graph(config, self.telemetry, self.admission)
         self.admin = AdminServer(config.service.telemetry.admin.endpoint, self.telemetry, self.readiness)
+        self.admin.add_routes(alert_routes(self.telemetry.shared.get("alert_store")))
         self._started = False
         self._stopping = False
         self._stop_event: asyncio.Event | None = None

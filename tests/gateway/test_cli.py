@@ -171,7 +171,7 @@ def test_validate_good_config(tmp_path: Path) -> None:
 def test_validate_without_config_checks_the_embedded_default(tmp_path: Path) -> None:
     res = sentinel("validate", cwd=tmp_path)
     assert res.returncode == 0, res.stderr
-    assert res.stdout.startswith("config OK: 3 pipelines (traces, metrics, logs)")
+    assert res.stdout.startswith("config OK: 4 pipelines (traces, metrics, logs, anomalies)")
     assert "<embedded default>" in res.stdout
 
 
@@ -230,7 +230,13 @@ def test_config_default_prints_the_embedded_yaml(tmp_path: Path) -> None:
     res = sentinel("config", "default")
     assert res.returncode == 0, res.stderr
     assert res.stdout == default_config_text()
-    assert set(yaml.safe_load(res.stdout)) == {"receivers", "processors", "exporters", "service"}
+    assert set(yaml.safe_load(res.stdout)) == {
+        "receivers",
+        "processors",
+        "connectors",
+        "exporters",
+        "service",
+    }
     # what it prints is a valid config to start from
     (tmp_path / "mine.yaml").write_text(res.stdout, encoding="utf-8")
     check = sentinel("validate", "-c", "mine.yaml", cwd=tmp_path)

@@ -946,16 +946,21 @@ def test_negative_duration_is_rejected() -> None:
 def test_embedded_default_config_validates() -> None:
     cfg = load_config(env={})
     assert cfg.sources == [DEFAULT_CONFIG_NAME]
-    assert [p.name for p in cfg.pipelines] == ["traces", "metrics", "logs"]
+    assert [p.name for p in cfg.pipelines] == ["traces", "metrics", "logs", "anomalies"]
     procs = {p.name: [str(c) for c in p.processors] for p in cfg.pipelines}
     assert procs == {
         "traces": ["memory_limiter", "redact", "genai", "batch"],
         "metrics": ["memory_limiter", "redact", "batch"],
         "logs": ["memory_limiter", "redact", "batch"],
+        "anomalies": [],
     }
-    for pl in cfg.pipelines:
-        assert pl.receivers == (ComponentId("otlp"),)
-        assert pl.exporters == (ComponentId("debug"), ComponentId("file", "local"))
+    wiring = {p.name: ([str(c) for c in p.receivers], [str(c) for c in p.exporters]) for p in cfg.pipelines}
+    assert wiring == {
+        "traces": (["otlp"], ["debug", "file/local", "detect"]),
+        "metrics": (["otlp"], ["debug", "file/local"]),
+        "logs": (["otlp"], ["debug", "file/local"]),
+        "anomalies": (["detect"], ["debug", "file/alerts"]),
+    }
     assert cfg.service.telemetry.admin.endpoint == "127.0.0.1:8888"
     assert cfg.service.telemetry.logs.level == "info"
 
@@ -999,4 +1004,4 @@ def test_a_file_can_override_the_embedded_default(tmp_path: Path) -> None:
     cfg = load_config([default, over], env={})
     assert cfg.service.telemetry.logs.level == "debug"
     assert cfg.service.telemetry.logs.format == "json"
-    assert len(cfg.pipelines) == 3
+    assert len(cfg.pipelines) == 4
