@@ -93,6 +93,9 @@ class AnomalyEvent:
     MAX_TRACE_IDS: ClassVar[int] = 10
 
     def __post_init__(self) -> None:
+        # plain Python numbers: values often come out of numpy arrays, and JSON needs the builtins
+        self.value, self.baseline, self.score = float(self.value), float(self.baseline), float(self.score)
+        self.time_ns = int(self.time_ns)
         if not self.first_seen_ns:
             self.first_seen_ns = self.time_ns
         if not self.last_seen_ns:

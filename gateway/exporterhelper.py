@@ -6,6 +6,17 @@ that honours server hints (RetryInfo / Retry-After), and the Collector's
 exporter self-metrics. When the queue is full the batch is refused upstream
 (so the client retries) and counted as `enqueue_failed`; permanent errors are
 dropped and counted as `send_failed`.
+
+With `sending_queue.storage` the queue is a write-ahead log on disk
+(`gateway.persistent_queue`): `consume()` returns only once the batch is
+written (and fsynced, per policy), a batch leaves the log when it was sent or
+given up on, and whatever is left at shutdown or after a crash is delivered
+first on the next start (at-least-once: a batch in flight at a crash is sent
+again). `queue_size` still bounds the batches waiting, `storage.max_size_mib`
+the bytes on disk, and `sending_queue.max_size_mib` becomes the memory budget
+of batches kept decoded beside the log (the rest is read back from disk).
+Subclasses see no difference: `send(batch)` gets the same batch type, with the
+columns it had when it was queued.
 """
 
 from __future__ import annotations
@@ -15,7 +26,8 @@ import random
 import time
 from typing import Any
 
-from pydantic import Field
+from prometheus_client import Gauge
+from pydantic import Field, model_validator
 
 from gateway.batch import Batch
 from gateway.component import (
@@ -28,6 +40,13 @@ from gateway.component import (
     RefusedError,
     ThrottledError,
 )
+from gateway.persistent_queue import (
+    PersistentQueue,
+    QueueFullError,
+    QueueItem,
+    StorageError,
+    StorageSettings,
+)
 
 
 class RetryableError(ConsumeError):
@@ -38,7 +57,20 @@ class QueueSettings(ComponentConfig):
     enabled: bool = True
     num_consumers: int = Field(default=4, ge=1, le=256)
     queue_size: int = Field(default=1000, ge=1, description="Maximum batches held.")
-    max_size_mib: float = Field(default=256, gt=0, description="Maximum bytes held, in MiB.")
+    max_size_mib: float = Field(
+        default=256,
+        gt=0,
+        description="Maximum bytes held, in MiB (with storage: bytes kept in memory beside the log).",
+    )
+    storage: StorageSettings | None = Field(
+        default=None, description="Persist the queue on disk (a write-ahead log per exporter)."
+    )
+
+    @model_validator(mode="after")
+    def _storage_needs_queue(self) -> QueueSettings:
+        if self.storage is not None and not self.enabled:
+            raise ValueError("storage requires the sending queue (enabled: true)")
+        return self
 
 
 class RetrySettings(ComponentConfig):
@@ -98,6 +130,17 @@ class QueuedExporter(Exporter):
         self._m_sent = {s: c.labels(exporter=name) for s, c in tel.exporter_sent.items()}
         self._m_failed = {s: c.labels(exporter=name) for s, c in tel.exporter_send_failed.items()}
         self._m_enqueue_failed = {s: c.labels(exporter=name) for s, c in tel.exporter_enqueue_failed.items()}
+        self._storage: PersistentQueue | None = None
+        if q.enabled and q.storage is not None:
+            self._m_storage_bytes = _storage_gauge(tel).labels(exporter=name)
+            self._storage = PersistentQueue(
+                q.storage,
+                name,
+                max_items=q.queue_size,
+                memory_bytes=self._max_bytes,
+                logger=self.logger,
+                on_change=self._storage_changed,
+            )
 
     # ---------------------------------------------------------------- to implement
     async def send(self, batch: Batch) -> None:
@@ -109,9 +152,13 @@ class QueuedExporter(Exporter):
 
     # ---------------------------------------------------------------- lifecycle
     async def start(self) -> None:
+        worker = self._worker
+        if self._storage is not None:
+            await self._open_storage()
+            worker = self._storage_worker
         if self.config.sending_queue.enabled:
             self._workers = [
-                asyncio.create_task(self._worker(), name=f"{self.id}-sender-{i}")
+                asyncio.create_task(worker(), name=f"{self.id}-sender-{i}")
                 for i in range(self.config.sending_queue.num_consumers)
             ]
 
@@ -120,15 +167,18 @@ class QueuedExporter(Exporter):
         self._closing = True
         try:
             if self._workers:
-                await self._queue.join()
+                await (self._storage.join() if self._storage is not None else self._queue.join())
         finally:
             for w in self._workers:
                 w.cancel()
             await asyncio.gather(*self._workers, return_exceptions=True)
             self._workers = []
-            dropped = self._queue.qsize()
-            if dropped:
-                self.logger.error(f"dropping {dropped} queued batch(es) at shutdown")
+            if self._storage is not None:
+                await self._close_storage()
+            else:
+                dropped = self._queue.qsize()
+                if dropped:
+                    self.logger.error(f"dropping {dropped} queued batch(es) at shutdown")
             await self.close()
 
     # ---------------------------------------------------------------- data path
@@ -140,6 +190,9 @@ class QueuedExporter(Exporter):
         if self._closing:
             self._m_enqueue_failed[batch.signal].inc(batch.item_count)
             raise RefusedError("exporter is shutting down", retry_after=1.0)
+        if self._storage is not None:
+            await self._persist(batch)
+            return
         size = batch.nbytes
         if self._queue.qsize() >= q.queue_size or (
             self._queued_bytes and self._queued_bytes + size > self._max_bytes
@@ -152,7 +205,8 @@ class QueuedExporter(Exporter):
         self._m_queue_size.set(self._queue.qsize())
 
     def queue_len(self) -> int:
-        return self._queue.qsize()
+        """Batches waiting for a consumer (with storage: the backlog from disk included)."""
+        return self._storage.qsize() if self._storage is not None else self._queue.qsize()
 
     async def _worker(self) -> None:
         while True:
@@ -166,6 +220,76 @@ class QueuedExporter(Exporter):
                 self.ctx.admission.set_held(f"exporter:{self.id}", self._queued_bytes)
                 self._m_queue_size.set(self._queue.qsize())
                 self._queue.task_done()
+
+    # ---------------------------------------------------------------- persistent queue
+    async def _open_storage(self) -> None:
+        st = self._storage
+        assert st is not None
+        if st.is_open:
+            return
+        try:
+            backlog = await st.open()
+        except (StorageError, OSError) as exc:
+            raise RuntimeError(f"exporter {self.id}: cannot open its persistent queue: {exc}") from exc
+        if backlog:
+            self.logger.info(
+                f"persistent queue {st.directory}: {backlog} batch(es) "
+                f"({st.stats.backlog_bytes / 2**20:.1f} MiB) from a previous run are delivered first"
+            )
+
+    async def _close_storage(self) -> None:
+        st = self._storage
+        assert st is not None
+        left = st.unacked()
+        try:
+            await st.close()
+        except (StorageError, OSError) as exc:
+            self.logger.error(f"closing the persistent queue {st.directory} failed: {exc}")
+        if left:
+            self.logger.warning(
+                f"{left} batch(es) stay in the persistent queue {st.directory}; "
+                "they are delivered after the next start"
+            )
+
+    async def _persist(self, batch: Batch) -> None:
+        st = self._storage
+        assert st is not None
+        if not st.is_open:
+            await self._open_storage()
+        try:
+            await st.put(batch)
+        except QueueFullError as exc:
+            self._m_enqueue_failed[batch.signal].inc(batch.item_count)
+            raise ThrottledError(
+                f"sending queue of exporter {self.id} is full ({exc})", retry_after=1.0
+            ) from None
+        except StorageError as exc:
+            self._m_enqueue_failed[batch.signal].inc(batch.item_count)
+            raise RefusedError(f"exporter {self.id}: {exc}", retry_after=1.0) from None
+
+    def _storage_changed(self) -> None:
+        st = self._storage
+        assert st is not None
+        self._m_queue_size.set(st.qsize())
+        self._m_storage_bytes.set(st.disk_bytes)
+        self.ctx.admission.set_held(f"exporter:{self.id}", st.cached_bytes)
+
+    async def _storage_worker(self) -> None:
+        st = self._storage
+        assert st is not None
+        while True:
+            item: QueueItem = await st.get()
+            try:
+                batch = await st.load(item)
+            except Exception as exc:  # unreadable record: nothing to send, never block the log
+                self.logger.error(f"skipping a batch of the persistent queue that cannot be read: {exc}")
+            else:
+                try:
+                    await self._send_with_retry(batch, raise_on_failure=False)
+                except Exception:  # never let a worker die
+                    self.logger.exception("unexpected error while sending")
+            # not reached when cancelled (shutdown): the batch stays in the log for the next start
+            st.ack(item)
 
     async def _send_with_retry(self, batch: Batch, *, raise_on_failure: bool) -> None:
         retry = self.config.retry_on_failure
@@ -210,3 +334,21 @@ class QueuedExporter(Exporter):
         )
         if raise_on_failure:
             raise RefusedError(f"export failed: {err}", retry_after=getattr(err, "retry_after", None))
+
+
+STORAGE_BYTES_METRIC = "llm_sentinel_exporter_queue_storage_bytes"
+
+
+def _storage_gauge(tel: Any) -> Gauge:
+    """One gauge per runtime registry, shared by the exporters with a persistent queue."""
+    gauge = tel.shared.get(STORAGE_BYTES_METRIC)
+    if gauge is None:
+        gauge = Gauge(
+            STORAGE_BYTES_METRIC,
+            "Bytes the persistent sending queue of an exporter holds on disk.",
+            ["exporter"],
+            registry=tel.registry,
+        )
+        tel.shared[STORAGE_BYTES_METRIC] = gauge
+    assert isinstance(gauge, Gauge)
+    return gauge

@@ -67,7 +67,8 @@ import time
 import zlib
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -176,7 +177,8 @@ def decode_batch(signal: Signal, request: bytes, columns: bytes) -> Any:
     if signal is Signal.ANOMALIES:
         return AnomalyBatch.from_bytes(request)
     cls = BATCH_TYPES[signal]
-    req = cls.layout.request_cls.FromString(request)
+    request_cls: Any = cls.layout.request_cls
+    req = request_cls.FromString(request)
     if not columns:
         return cls.from_request(req, wire=request)
     (head_len,) = _U32.unpack_from(columns, 0)
@@ -539,11 +541,10 @@ class WriteAheadLog:
 
     def _undo(self, undo: dict[int, tuple[_Segment, int, int]]) -> None:
         for seg, size, next_seq in undo.values():
-            with contextlib.suppress(OSError):
-                if seg.size != size:
-                    os.truncate(seg.path, size)
-                    self.disk_bytes -= seg.size - size
-                    seg.size = size
+            with contextlib.suppress(OSError):  # also cuts bytes of a write that failed halfway
+                os.truncate(seg.path, size)
+            self.disk_bytes -= seg.size - size
+            seg.size = size
             seg.next_seq = next_seq
 
     def _roll(self, seq: int) -> _Segment:
@@ -692,14 +693,15 @@ class _Append:
 class QueueStats:
     backlog: int = 0  # records found at open
     backlog_bytes: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class PersistentQueue:
     """A FIFO of batches on a WriteAheadLog: `put` is durable, `get`/`load`/`ack` consume in order.
 
-    All methods run on the event loop; disk I/O goes to worker threads through
-    one writer task (appends, pointer commits, interval fsyncs) plus reads.
+    All methods run on the event loop. Disk I/O runs in threads: the writer task
+    (appends, pointer commits, interval fsyncs) on a thread of its own, so it
+    never waits behind other work on the default executor; reads of batches
+    spilled to disk on the default executor, in parallel.
     """
 
     def __init__(
@@ -741,6 +743,7 @@ class PersistentQueue:
         self._next_sync = 0.0
         self._wake = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
+        self._io: ThreadPoolExecutor | None = None
         self._open_lock = asyncio.Lock()
         self._opened = False
         self._closed = False
@@ -758,7 +761,7 @@ class PersistentQueue:
                 return self.stats.backlog
             if self._closed:
                 raise StorageError("persistent queue is closed")
-            refs = await asyncio.to_thread(self.wal.open)
+            refs = await self._in_io(self.wal.open)
             self._tail = self.wal.next_seq
             for ref in refs:
                 self._order.append(ref.seq)
@@ -785,8 +788,19 @@ class PersistentQueue:
             with contextlib.suppress(Exception):
                 await self._writer
             self._writer = None
-        await asyncio.to_thread(self.wal.close, self.ack_pointer)
+        try:
+            await self._in_io(self.wal.close, self.ack_pointer)
+        finally:
+            if self._io is not None:
+                self._io.shutdown(wait=False)
+                self._io = None
         self.on_change()
+
+    async def _in_io(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run `fn` on the queue's own I/O thread (calls run one at a time, in order)."""
+        if self._io is None:
+            self._io = ThreadPoolExecutor(1, thread_name_prefix=f"wal-{self.directory.name}")
+        return await asyncio.get_running_loop().run_in_executor(self._io, fn, *args)
 
     # ------------------------------------------------------------ producer side
     def qsize(self) -> int:
@@ -817,7 +831,7 @@ class PersistentQueue:
             raise QueueFullError(f"{self.max_items} batches queued")
         held = self._unacked_bytes + self._reserved
         if held and max(held, self.wal.disk_bytes) + size > self.max_disk:
-            raise QueueFullError(f"{self.max_disk >> 20} MiB on disk")
+            raise QueueFullError(f"{self.max_disk / 2**20:g} MiB on disk")
         nbytes = batch.nbytes
         cache = self.cached_bytes + nbytes <= self.memory_bytes
         item = QueueItem(None, batch if cache else None, nbytes if cache else 0, size)
@@ -885,12 +899,12 @@ class PersistentQueue:
                 if self._ack_dirty and (self._stopping or now - self._last_commit >= META_COMMIT_INTERVAL):
                     self._ack_dirty = False
                     self._last_commit = now
-                    await asyncio.to_thread(self.wal.commit, self.ack_pointer)
+                    await self._in_io(self.wal.commit, self.ack_pointer)
                     self.on_change()
                     continue
                 if interval and now >= self._next_sync:
                     self._next_sync = now + self.settings.fsync_interval
-                    await asyncio.to_thread(self.wal.sync)
+                    await self._in_io(self.wal.sync)
                     continue
                 if self._stopping:
                     return
@@ -911,7 +925,7 @@ class PersistentQueue:
         group, self._appends = self._appends, []
         records = [(a.signal, a.request, a.columns) for a in group]
         try:
-            refs = await asyncio.to_thread(self.wal.append, records)
+            refs = await self._in_io(self.wal.append, records)
         except Exception as exc:
             err = StorageError(f"cannot write to {self.directory}: {exc}")
             self.logger.error(f"persistent queue: {err}")

@@ -51,9 +51,10 @@ class Deduplicator:
     def current(self, key: tuple[str, str, str]) -> AnomalyEvent | None:
         return self._open.get(key)
 
-    def is_open(self, key: tuple[str, str, str], t_ns: int) -> bool:
+    def is_open(self, key: tuple[str, str, str], t_ns: int, extra: float = 1.0) -> bool:
+        """An alert for `key` started less than `extra` windows before `t_ns`."""
         cur = self._open.get(key)
-        return cur is not None and t_ns - cur.first_seen_ns < self.window_ns
+        return cur is not None and t_ns - cur.first_seen_ns < extra * self.window_ns
 
 
 class AlertStore:

@@ -48,6 +48,8 @@ from gateway.component import ComponentConfig, ComponentContext, Connector, Dura
 from processors.detect.alerts import AlertStore, Deduplicator
 from processors.detect.ensemble import DET_CUSUM, DETECTOR_NAMES, EnsembleParams, EnsembleState, score_batch
 from processors.detect.ensemble import warm_up as ensemble_warm_up
+from processors.detect.kernels import CUSUM_WIDTH, cusum_update
+from processors.detect.kernels import squash as squash_score
 from processors.detect.rates import RATE_WIDTH, burst_update
 
 log = logging.getLogger("sentinel.detect")
@@ -100,11 +102,31 @@ class SeverityBounds(ComponentConfig):
 
 
 class BurstSettings(ComponentConfig):
-    z_alarm: float = Field(default=4.0, gt=0, description="Binomial z at which a burst scores 0.5.")
-    min_count: int = Field(default=3, ge=1, description="Fewest events in a bucket to call it a burst.")
+    z_alarm: float = Field(default=5.0, gt=0, description="Binomial z at which a burst scores 0.5.")
+    min_count: int = Field(default=4, ge=1, description="Fewest events in a bucket to call it a burst.")
     min_rate: float = Field(default=0.1, ge=0, le=1, description="Rate excess over the baseline required.")
     baseline_floor: float = Field(default=0.01, ge=0, lt=1)
     alpha: float = Field(default=0.05, gt=0, le=1)
+
+
+class ShiftSettings(ComponentConfig):
+    """Sustained level shifts: a dedicated two-sided CUSUM per value stream, with a wide interval."""
+
+    enabled: bool = True
+    h: float = Field(default=12.0, gt=0, description="Decision interval in σ units (score 0.5 there).")
+    k_slack: float = Field(default=0.5, ge=0, description="Drift allowance per point, in σ.")
+    alpha: float = Field(default=0.01, gt=0, le=1, description="Speed at which the reference adapts.")
+
+
+class TrafficSettings(ComponentConfig):
+    """Request-rate spikes and drops: a Poisson CUSUM over consecutive buckets against an EWMA rate."""
+
+    z_alarm: float = Field(default=5.0, gt=0, description="Accumulated Poisson z that scores 0.5.")
+    min_ratio: float = Field(
+        default=2.0, gt=1, description="Spike: rate × this; drop: rate ÷ this, at least."
+    )
+    alpha: float = Field(default=0.1, gt=0, le=1, description="EWMA weight of each normal bucket.")
+    warmup: int = Field(default=10, ge=1, description="Buckets before a series' traffic may alarm.")
 
 
 class DriftSettings(ComponentConfig):
@@ -125,9 +147,10 @@ class EnsembleSettings(ComponentConfig):
     """Detector ensemble tuning for LLM value streams (see processors/detect/ensemble.py)."""
 
     weights: tuple[float, float, float, float, float, float] = Field(
-        default=(1.0, 1.0, 1.0, 1.0, 1.0, 0.5),
+        default=(1.0, 1.0, 1.0, 0.5, 1.0, 0.5),
         description="ewma, robust_z, iqr, cusum, hampel, range. LLM latencies and token counts are "
-        "heavy-tailed: new records are common, so the range detector counts half.",
+        "heavy-tailed: new records are common, so the range detector counts half; CUSUM at half "
+        "keeps slow wander from reading as a level shift.",
     )
     peak_floor: float = Field(default=1.5, gt=0, description="Alarm units a classical detector needs.")
     peak_decay: float = Field(default=0.999, gt=0, le=1, description="Memory of each detector's habit.")
@@ -159,6 +182,13 @@ class DetectConfig(ComponentConfig):
     severity: SeverityBounds = SeverityBounds()
     ensemble: EnsembleSettings = EnsembleSettings()
     bursts: BurstSettings = BurstSettings()
+    traffic: TrafficSettings = TrafficSettings()
+    shift: ShiftSettings = ShiftSettings()
+    spike_ratio: float = Field(
+        default=2.5,
+        gt=1,
+        description="A CUSUM-led anomaly at least this many times its baseline is a spike, below it a level shift.",
+    )
     drift: DriftSettings = DriftSettings()
     max_alerts: int = Field(default=10_000, ge=1, description="Alerts kept for the admin API.")
     idle_advance: bool = Field(
@@ -192,13 +222,10 @@ class Detector:
         self.series: dict[tuple[str, str, str, str], int] = {}
         self.keys: list[tuple[str, str, str, str]] = []
         self.dropped_series = 0
-        self.values = EnsembleState(
-            config.ensemble.params(config.warmup)
-        )  # row = series * N_METRICS + metric
-        # request counts on a square-root scale (Poisson noise becomes ~0.5 wide), so the floor is absolute
-        self.traffic = EnsembleState(
-            config.ensemble.params(config.warmup // 3 or 1, abs_floor=0.5)
-        )  # row = series
+        # row = series * N_METRICS + metric
+        self.values = EnsembleState(config.ensemble.params(config.warmup))
+        # per series: buckets seen, EWMA rate, run sum of counts, run sum of expected, run direction
+        self.traffic = np.zeros((0, 5))
         self.rates = np.zeros((0, len(RATES), RATE_WIDTH))
         # open bucket per series: index and counts (calls, errors, 429s, truncated)
         self.bucket_idx = np.zeros(0, dtype=np.int64)
@@ -212,6 +239,7 @@ class Detector:
         self.ref_n = np.zeros((0, len(DRIFT_METRICS)))
         self.recent_n = np.zeros((0, len(DRIFT_METRICS)))
         self.drift_alarmed = np.zeros((0, len(DRIFT_METRICS)), dtype=np.bool_)
+        self.shift = np.zeros((0, CUSUM_WIDTH))  # per value-stream row: level-shift CUSUM
         self.last_hit = np.zeros(0)  # per value-stream row: position of its last anomalous point
         self.last_hit_score = np.zeros(0)
         self.pending: list[dict[str, Any]] = []
@@ -247,6 +275,7 @@ class Detector:
             return np.concatenate([a, np.full((extra, *a.shape[1:]), fill, dtype=a.dtype)])
 
         self.rates = pad(self.rates)
+        self.traffic = pad(self.traffic)
         self.bucket_idx = pad(self.bucket_idx, -1)
         self.bucket_counts = pad(self.bucket_counts)
         self.calls = pad(self.calls)
@@ -352,10 +381,21 @@ class Detector:
         emitted = []
         now = time.time_ns()
         for ev in found:
+            if ev.type is AnomalyType.DRIFT:
+                # a distribution moved by an alerted spike or shift is that alert, not news
+                related = (METRIC_TYPES[METRICS.index(ev.metric)], AnomalyType.LEVEL_SHIFT)
+                if any(
+                    self.dedup.is_open((ev.service, ev.model, a.value), ev.time_ns, extra=3) for a in related
+                ):
+                    continue
+            if ev.metric == "cost_usd" and self.dedup.is_open(
+                (ev.service, ev.model, AnomalyType.TOKEN_SPIKE.value), ev.time_ns, extra=3
+            ):
+                continue  # cost follows tokens: the token alert already tells this story
             if ev.type is AnomalyType.LEVEL_SHIFT:
                 # a shift seen while the same metric's spike alert is open is that spike, not news
                 spike = METRIC_TYPES[METRICS.index(ev.metric)]
-                if self.dedup.is_open((ev.service, ev.model, spike.value), ev.time_ns):
+                if self.dedup.is_open((ev.service, ev.model, spike.value), ev.time_ns, extra=3):
                     ev.type = spike
                     ev.id = ev.make_id()
             out = self.dedup.offer(ev)
@@ -405,7 +445,11 @@ class Detector:
         spiky = np.zeros(n, dtype=np.bool_)
         # interleave the metric streams point by point, keeping event-time order
         rows = (rel.series[:, None] * N_METRICS + np.arange(N_METRICS)[None, :]).reshape(-1)
-        vals = np.stack([transform(m, rel.values[m]) for m in METRICS], axis=1).reshape(-1)
+        # failed calls (timeouts, 429s) have their own burst alerts; their latency and tokens are not the model's
+        ok_call = ~rel.flags["error"]
+        vals = np.stack(
+            [np.where(ok_call, transform(m, rel.values[m]), np.nan) for m in METRICS], axis=1
+        ).reshape(-1)
         ts = np.repeat(rel.t_ns / 1e9, N_METRICS)
         point = np.repeat(np.arange(n), N_METRICS)
         finite = np.isfinite(vals)
@@ -420,6 +464,9 @@ class Detector:
             grown_s = np.zeros(self.values.capacity)
             grown_s[: self.last_hit_score.shape[0]] = self.last_hit_score
             self.last_hit_score = grown_s
+            grown_c = np.zeros((self.values.capacity, CUSUM_WIDTH))
+            grown_c[: self.shift.shape[0]] = self.shift
+            self.shift = grown_c
         # position of each point in its stream: points seen before this batch + rank within it
         before = self.values.points[rows]
         order = np.argsort(rows, kind="stable")
@@ -448,8 +495,10 @@ class Detector:
                 continue  # a lone outlier: wait for a second one
             name = METRICS[m]
             det = int(scored.detector[h])
-            atype = AnomalyType.LEVEL_SHIFT if det == DET_CUSUM else METRIC_TYPES[m]
             baseline = untransform(name, float(self.values.ewma[r, 1]))
+            value = float(rel.values[name][p])
+            big_jump = baseline > 0 and value >= self.cfg.spike_ratio * baseline
+            atype = AnomalyType.LEVEL_SHIFT if det == DET_CUSUM and not big_jump else METRIC_TYPES[m]
             out.append(
                 self._event(
                     s,
@@ -463,7 +512,52 @@ class Detector:
                     [rel.trace_id[p]],
                 )
             )
+        if self.cfg.shift.enabled:
+            out += self._level_shifts(rows, vals, point, position, rel)
         return out, spiky
+
+    def _level_shifts(
+        self, rows: np.ndarray, vals: np.ndarray, point: np.ndarray, position: np.ndarray, rel: Released
+    ) -> list[AnomalyEvent]:
+        c = self.cfg.shift
+        params = self.values.params
+        score, direction = cusum_update(
+            rows,
+            vals,
+            self.shift,
+            c.alpha,
+            float(self.cfg.warmup),
+            c.k_slack,
+            c.h,
+            3.0,
+            params.rel_floor,
+            params.abs_floor,
+        )
+        out = []
+        for h in np.flatnonzero((score >= self.cfg.threshold) & (direction > 0)).tolist():
+            r = int(rows[h])
+            s, m = divmod(r, N_METRICS)
+            p = int(point[h])
+            name = METRICS[m]
+            baseline = untransform(name, float(self.shift[r, 1]))
+            value = float(rel.values[name][p])
+            # while the spike detectors are firing on this stream, the CUSUM sees the spike episode
+            in_spike = abs(float(position[h]) - self.last_hit[r]) <= 50
+            atype = METRIC_TYPES[m] if in_spike else AnomalyType.LEVEL_SHIFT
+            out.append(
+                self._event(
+                    s,
+                    int(rel.t_ns[p]),
+                    name,
+                    atype,
+                    float(score[h]),
+                    value,
+                    baseline,
+                    "cusum",
+                    [rel.trace_id[p]],
+                )
+            )
+        return out
 
     # ---------------------------------------------------------------- buckets
     def _bucket_points(self, rel: Released) -> list[AnomalyEvent]:
@@ -477,7 +571,8 @@ class Detector:
             elif b[i] > self.bucket_idx[s]:
                 out += self._close_series(s, int(b[i]))
             self.bucket_counts[s, 0] += 1
-            if rel.flags["error"][i]:
+            # an error burst means errors other than rate limiting, which has its own alert
+            if rel.flags["error"][i] and not rel.flags["rate_limited"][i]:
                 self.bucket_counts[s, 1] += 1
                 if len(self.bucket_traces[s]) < AnomalyEvent.MAX_TRACE_IDS:
                     self.bucket_traces[s].append(rel.trace_id[i])
@@ -508,24 +603,10 @@ class Detector:
         self.bucket_idx[s] = new_bucket
         ends = (first + 1 + np.arange(gap)) * width - 1
         out: list[AnomalyEvent] = []
-        # traffic: the request-count ensemble, both directions
-        sc = score_batch(self.traffic, np.full(gap, s, dtype=np.int64), np.sqrt(counts[:, 0]), ends / 1e9)
-        for j in np.flatnonzero(sc.score >= self.cfg.threshold).tolist():
-            atype = AnomalyType.TRAFFIC_SPIKE if sc.direction[j] > 0 else AnomalyType.TRAFFIC_DROP
-            base = float(self.traffic.ewma[s, 1]) ** 2
-            out.append(
-                self._event(
-                    s,
-                    int(ends[j]),
-                    "requests_per_bucket",
-                    atype,
-                    float(sc.score[j]),
-                    float(counts[j, 0]),
-                    base,
-                    DETECTOR_NAMES[int(sc.detector[j])],
-                    [],
-                )
-            )
+        for j in range(gap):
+            ev = self._traffic(s, float(counts[j, 0]), int(ends[j]))
+            if ev is not None:
+                out.append(ev)
         # bursts: only buckets with calls
         if counts[0, 0] > 0:
             c = self.cfg.bursts
@@ -559,6 +640,33 @@ class Detector:
                         )
                     )
         return out
+
+    def _traffic(self, s: int, k: float, end_ns: int) -> AnomalyEvent | None:
+        """Poisson CUSUM: accumulate (count − expected) over a run of same-direction buckets."""
+        t = self.cfg.traffic
+        st = self.traffic[s]
+        seen, lam = st[0], st[1]
+        st[0] = seen + 1
+        if seen == 0:
+            st[1] = k
+            return None
+        lam = max(lam, 0.5)
+        direction = 1.0 if k > lam else -1.0
+        if direction != st[4] or abs(k - lam) < math.sqrt(lam):  # small deviations end a run
+            st[2] = st[3] = 0.0
+        st[4] = direction
+        st[2] += k
+        st[3] += lam
+        z = (st[2] - st[3]) / math.sqrt(st[3])
+        ratio = (st[2] + 0.5) / (st[3] + 0.5)
+        unusual = abs(z) >= t.z_alarm and (ratio >= t.min_ratio or ratio <= 1.0 / t.min_ratio)
+        if not unusual:
+            st[1] = (1.0 - t.alpha) * lam + t.alpha * k  # learn from normal buckets only
+        if seen < t.warmup or not unusual:
+            return None
+        score = squash_score(abs(z) / t.z_alarm)
+        atype = AnomalyType.TRAFFIC_SPIKE if direction > 0 else AnomalyType.TRAFFIC_DROP
+        return self._event(s, end_ns, "requests_per_bucket", atype, score, k, lam, "poisson_cusum", [])
 
     # ---------------------------------------------------------------- model change
     def _model_changes(self, rel: Released) -> list[AnomalyEvent]:

@@ -27,10 +27,13 @@ detector learns but scores 0.
 Spread floor. Dispersion estimates (EWM standard deviation, MAD, IQR, range span) are floored at
 ``max(rel_floor·|level|, abs_floor)`` where ``level`` is the detector's estimate of the series' level
 (mean or median): on a flat stretch a wiggle must be large relative to the series' own magnitude
-before it counts, instead of producing an infinite z-score.
+before it counts, instead of producing an infinite z-score. (The range detector also floors its span
+at a multiple of the long-run mean absolute deviation.) For a series that sits at exactly 0, only
+``abs_floor`` is left: set it to the smallest change that matters in the metric's unit.
 
 The ``*_stat`` / ``*_step`` functions hold each detector's arithmetic for one value; the batch kernels
-here and the ensemble kernel (``processors.detect.ensemble``) call them in their loops.
+and :func:`ensemble_kernel` (at the end of this module, wrapped by ``processors.detect.ensemble``)
+call them in their loops.
 """
 
 from __future__ import annotations
@@ -49,10 +52,8 @@ RANGE_WIDTH = 11  # count, centre, lr_mean, lr_dev, blk_max, blk_min, n_in_block
 MAD_TO_SIGMA = 1.4826
 SQUASH_POWER = 4.0
 
-JIT = {"cache": True, "nogil": True}
 
-
-@njit(**JIT)
+@njit(cache=True, nogil=True)
 def squash(u):  # pragma: no cover - compiled
     """Score of a statistic ``u >= 0`` in alarm units: ``v/(1+v)`` with ``v = u⁴`` below the alarm
     level and ``v = 1 + 4·ln u`` above it (continuous with continuous slope at ``u = 1``)."""
@@ -66,13 +67,13 @@ def squash(u):  # pragma: no cover - compiled
     return v / (1.0 + v)
 
 
-@njit(**JIT)
+@njit(cache=True, nogil=True)
 def spread_floor(level, rel_floor, abs_floor):  # pragma: no cover - compiled
     f = rel_floor * abs(level)
     return f if f > abs_floor else abs_floor
 
 
-@njit(**JIT)
+@njit(cache=True, nogil=True)
 def _sign(u):  # pragma: no cover - compiled
     if u > 0.0:
         return 1
@@ -84,7 +85,7 @@ def _sign(u):  # pragma: no cover - compiled
 # ------------------------------------------------------------------------------------------ EWMA
 
 
-@njit(**JIT)
+@njit(cache=True, nogil=True)
 def ewma_step(row, x, alpha, warmup, k_alarm, rel_floor, abs_floor):  # pragma: no cover - compiled
     """One value of the EWMA/EWMV z-score detector; returns the signed statistic in alarm units."""
     n = row[0]
@@ -111,7 +112,7 @@ def ewma_step(row, x, alpha, warmup, k_alarm, rel_floor, abs_floor):  # pragma: 
     return u
 
 
-@njit(**JIT)
+@njit(cache=True, nogil=True)
 def ewma_update(series_idx, values, state, alpha, warmup, k_alarm, rel_floor, abs_floor):  # pragma: no cover
     """EWMA/EWMV z-score.
 
@@ -142,7 +143,7 @@ def ewma_update(series_idx, values, state, alpha, warmup, k_alarm, rel_floor, ab
 # ------------------------------------------------------------------------------- sorted ring window
 
 
-@njit(**JIT)
+@njit(cache=True, nogil=True)
 def _lower_bound(buf, lo, hi, x):  # pragma: no cover - compiled
     while lo < hi:
         mid = (lo + hi) >> 1
@@ -153,7 +154,7 @@ def _lower_bound(buf, lo, hi, x):  # pragma: no cover - compiled
     return lo
 
 
-@njit(**JIT)
+@njit(cache=True, nogil=True)
 def window_push(row, buf, w, x):  # pragma: no cover - compiled
     """Add ``x`` to a series' window (ring ``buf[:w]``, sorted copy ``buf[w:2w]``), evicting the oldest.
 
@@ -187,7 +188,7 @@ def window_push(row, buf, w, x):  # pragma: no cover - compiled
     row[0] = float(n + 1)
 
 
-@njit(**JIT)
+@njit(cache=True, nogil=True)
 def sorted_quantile(buf, w, filled, q):  # pragma: no cover - compiled
     """Linearly interpolated quantile of the sorted part ``buf[w:w+filled]`` (numpy's default rule)."""
     pos = q * (filled - 1)
@@ -197,7 +198,7 @@ def sorted_quantile(buf, w, filled, q):  # pragma: no cover - compiled
     return buf[w + lo] * (1.0 - frac) + buf[w + hi] * frac
 
 
-@njit(**JIT)
+@njit(cache=True, nogil=True)
 def sorted_median(buf, w, filled):  # pragma: no cover - compiled
     h = filled >> 1
     if filled & 1:
@@ -205,7 +206,7 @@ def sorted_median(buf, w, filled):  # pragma: no cover - compiled
     return 0.5 * (buf[w + h - 1] + buf[w + h])
 
 
-@njit(**JIT)
+@njit(cache=True, nogil=True)
 def _kth_deviation(buf, left0, na, right0, nb, med, k):  # pragma: no cover - compiled
     """k-th smallest (0-based) of the union of A_j = med − buf[left0 − j] (j < na) and
     B_j = buf[right0 + j] − med (j < nb), both ascending: binary search on how many come from A."""
@@ -226,7 +227,7 @@ def _kth_deviation(buf, left0, na, right0, nb, med, k):  # pragma: no cover - co
             return a if a > b else b
 
 
-@njit(**JIT)
+@njit(cache=True, nogil=True)
 def sorted_mad(buf, w, filled, med):  # pragma: no cover - compiled
     """Median absolute deviation from ``med`` of the sorted part, in O(log w).
 
@@ -246,7 +247,7 @@ def sorted_mad(buf, w, filled, med):  # pragma: no cover - compiled
 # ------------------------------------------------------------------------------------ robust z
 
 
-@njit(**JIT)
+@njit(cache=True, nogil=True)
 def robust_stat(buf, w, filled, x, k_alarm, rel_floor, abs_floor):  # pragma: no cover - compiled
     """Signed robust z of ``x`` against the window, in alarm units (no state change)."""
     med = sorted_median(buf, w, filled)
@@ -257,7 +258,7 @@ def robust_stat(buf, w, filled, x, k_alarm, rel_floor, abs_floor):  # pragma: no
     return (x - med) / sd / k_alarm
 
 
-@njit(**JIT)
+@njit(cache=True, nogil=True)
 def robust_update(series_idx, values, state, win, warmup, k_alarm, rel_floor, abs_floor):  # pragma: no cover
     """Robust z-score over a rolling median and MAD.
 
@@ -294,7 +295,7 @@ def robust_update(series_idx, values, state, win, warmup, k_alarm, rel_floor, ab
 # ------------------------------------------------------------------------------------ IQR fences
 
 
-@njit(**JIT)
+@njit(cache=True, nogil=True)
 def iqr_stat(buf, w, filled, x, k_fence, rel_floor, abs_floor):  # pragma: no cover - compiled
     """Signed distance beyond the nearer quartile in units of k·IQR (0 between the quartiles)."""
     q1 = sorted_quantile(buf, w, filled, 0.25)
@@ -310,7 +311,7 @@ def iqr_stat(buf, w, filled, x, k_fence, rel_floor, abs_floor):  # pragma: no co
     return 0.0
 
 
-@njit(**JIT)
+@njit(cache=True, nogil=True)
 def iqr_update(series_idx, values, state, win, warmup, k_fence, rel_floor, abs_floor):  # pragma: no cover
     """Tukey IQR fences over the exact quartiles of the last ``w`` values.
 
@@ -349,7 +350,7 @@ def iqr_update(series_idx, values, state, win, warmup, k_fence, rel_floor, abs_f
 # ----------------------------------------------------------------------------------------- CUSUM
 
 
-@njit(**JIT)
+@njit(cache=True, nogil=True)
 def cusum_step(row, x, alpha, warmup, k_slack, h, clip, rel_floor, abs_floor):  # pragma: no cover
     """One value of the two-sided CUSUM; returns +S⁺/h or −S⁻/h, whichever sum is larger."""
     n = row[0]
@@ -400,7 +401,7 @@ def cusum_step(row, x, alpha, warmup, k_slack, h, clip, rel_floor, abs_floor):  
     return -sn / h
 
 
-@njit(**JIT)
+@njit(cache=True, nogil=True)
 def cusum_update(
     series_idx, values, state, alpha, warmup, k_slack, h, clip, rel_floor, abs_floor
 ):  # pragma: no cover
@@ -439,7 +440,7 @@ def cusum_update(
 # ---------------------------------------------------------------------------------------- Hampel
 
 
-@njit(**JIT)
+@njit(cache=True, nogil=True)
 def hampel_stat(buf, w, filled, x, k, rel_floor, abs_floor):  # pragma: no cover - compiled
     """Signed excess of ``x`` beyond ``median ± k·σ`` (σ = 1.4826·MAD) in units of k·σ."""
     med = sorted_median(buf, w, filled)
@@ -455,7 +456,7 @@ def hampel_stat(buf, w, filled, x, k, rel_floor, abs_floor):  # pragma: no cover
     return 0.0
 
 
-@njit(**JIT)
+@njit(cache=True, nogil=True)
 def hampel_update(series_idx, values, state, win, warmup, k, rel_floor, abs_floor):  # pragma: no cover
     """Hampel identifier (trailing window) for isolated spikes.
 
@@ -490,7 +491,7 @@ def hampel_update(series_idx, values, state, win, warmup, k, rel_floor, abs_floo
 # ----------------------------------------------------------------------------------- range breakout
 
 
-@njit(**JIT)
+@njit(cache=True, nogil=True)
 def range_step(row, blocks, x, alpha, warmup, block_size, gamma, rel_floor, abs_floor):  # pragma: no cover
     """One value of the range-breakout detector; signed statistic in alarm units (1 = a new extreme)."""
     n = row[0]
@@ -558,7 +559,7 @@ def range_step(row, blocks, x, alpha, warmup, block_size, gamma, rel_floor, abs_
     return u
 
 
-@njit(**JIT)
+@njit(cache=True, nogil=True)
 def range_update(
     series_idx, values, state, blocks, alpha, warmup, block_size, gamma, rel_floor, abs_floor
 ):  # pragma: no cover
@@ -596,7 +597,7 @@ def range_update(
 # ---------------------------------------------------------------------------------------- ensemble
 
 
-@njit(**JIT)
+@njit(cache=True, nogil=True)
 def ensemble_kernel(
     series_idx,
     values,
@@ -613,7 +614,7 @@ def ensemble_kernel(
     meta,
     prm,
     weights,
-    normalized,
+    norm_mode,
 ):  # pragma: no cover - compiled
     """The ensemble of all six detectors over a batch (see ``processors.detect.ensemble``).
 
@@ -637,8 +638,10 @@ def ensemble_kernel(
     range_block_size = prm[13]
     range_gamma = prm[14]
     peak_decay = prm[15]
-    peak_floor = prm[16]
+    norm_floor = prm[16]
     range_warmup = prm[17]
+    bg_alpha = prm[18]
+    bg_scale = prm[19]
     w = win.shape[1] // 2
     hw = ham.shape[1] // 2
 
@@ -696,12 +699,20 @@ def ensemble_kernel(
         pk = peaks[s]
         for d in range(6):
             a = abs(u[d])
-            if normalized[d] != 0.0:
+            mode = norm_mode[d]
+            if mode == 1.0:  # relative to the detector's own recent peak on this series
                 p = pk[d]
-                ref = p if p > peak_floor else peak_floor
+                ref = p if p > norm_floor else norm_floor
                 v = weights[d] * a / ref
                 p *= peak_decay
                 pk[d] = a if a > p else p
+            elif mode == 2.0:  # relative to a multiple of its recent mean level on this series
+                p = pk[d]
+                ref = bg_scale * p
+                if ref < norm_floor:
+                    ref = norm_floor
+                v = weights[d] * a / ref
+                pk[d] = p + bg_alpha * (a - p)
             else:
                 v = weights[d] * a
             if v > best:
