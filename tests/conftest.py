@@ -101,3 +101,6 @@ def wait_until(pred: Any, timeout: float = 10.0, interval: float = 0.02) -> Any:
 @pytest.fixture
 def ports() -> dict[str, int]:
     return {"grpc": free_port(), "http": free_port(), "admin": free_port()}
+
+
+from tests.servers.fixtures import *  # noqa: E402,F403

@@ -187,7 +187,7 @@ class DetectConfig(ComponentConfig):
     spike_ratio: float = Field(
         default=2.5,
         gt=1,
-        description="A CUSUM-led anomaly at least this many times its baseline is a spike, below it a level shift.",
+        description="A CUSUM-led anomaly this many times its baseline is a spike; below, a level shift.",
     )
     drift: DriftSettings = DriftSettings()
     max_alerts: int = Field(default=10_000, ge=1, description="Alerts kept for the admin API.")
@@ -445,7 +445,7 @@ class Detector:
         spiky = np.zeros(n, dtype=np.bool_)
         # interleave the metric streams point by point, keeping event-time order
         rows = (rel.series[:, None] * N_METRICS + np.arange(N_METRICS)[None, :]).reshape(-1)
-        # failed calls (timeouts, 429s) have their own burst alerts; their latency and tokens are not the model's
+        # failed calls (timeouts, 429s) have their own burst alerts; their latency is not the model's
         ok_call = ~rel.flags["error"]
         vals = np.stack(
             [np.where(ok_call, transform(m, rel.values[m]), np.nan) for m in METRICS], axis=1
