@@ -761,7 +761,11 @@ class PersistentQueue:
                 return self.stats.backlog
             if self._closed:
                 raise StorageError("persistent queue is closed")
-            refs = await self._in_io(self.wal.open)
+            try:
+                refs = await self._in_io(self.wal.open)
+            except BaseException:
+                self._stop_io()
+                raise
             self._tail = self.wal.next_seq
             for ref in refs:
                 self._order.append(ref.seq)
@@ -791,10 +795,13 @@ class PersistentQueue:
         try:
             await self._in_io(self.wal.close, self.ack_pointer)
         finally:
-            if self._io is not None:
-                self._io.shutdown(wait=False)
-                self._io = None
+            self._stop_io()
         self.on_change()
+
+    def _stop_io(self) -> None:
+        if self._io is not None:
+            self._io.shutdown(wait=False)
+            self._io = None
 
     async def _in_io(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run `fn` on the queue's own I/O thread (calls run one at a time, in order)."""

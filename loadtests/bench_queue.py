@@ -52,6 +52,7 @@ from processors.genai import FACTORY as GENAI  # noqa: E402
 from processors.genai import GenAIProcessor  # noqa: E402
 
 MODES = ("memory", "always", "batch", "interval", "never")
+TRACE_REQUEST: Any = SpanBatch.layout.request_cls
 
 
 class NullExporter(QueuedExporter):
@@ -66,7 +67,7 @@ def make_batches(n_distinct: int, spans: int) -> list[SpanBatch]:
     out = []
     for seed in range(n_distinct):
         wire = make_request(spans, 0.0, seed).SerializeToString()
-        b = SpanBatch.from_request(SpanBatch.layout.request_cls.FromString(wire), wire=wire)
+        b = SpanBatch.from_request(TRACE_REQUEST.FromString(wire), wire=wire)
         genai.annotate(b)
         out.append(b)
     return out
@@ -76,7 +77,7 @@ def decode_time(batches: list[SpanBatch]) -> float:
     """Seconds to decode one batch from its wire bytes, as a receiver does."""
     t0 = time.perf_counter()
     for b in batches:
-        SpanBatch.from_request(SpanBatch.layout.request_cls.FromString(b.serialize()), wire=b.serialize())
+        SpanBatch.from_request(TRACE_REQUEST.FromString(b.serialize()), wire=b.serialize())
     return (time.perf_counter() - t0) / len(batches)
 
 
