@@ -52,7 +52,7 @@ class SpanFrame:
     kind: np.ndarray  # int8
     start_ns: np.ndarray  # int64
     end_ns: np.ndarray
-    key_ns: np.ndarray  # delivery order key: start + lateness
+    key_ns: np.ndarray  # delivery order key: end + lateness (SDKs export a span when it ends)
     span_id: np.ndarray  # uint64
     parent_id: np.ndarray  # uint64 (0: root)
     call: Calls  # row-aligned
@@ -112,7 +112,7 @@ def spans_of(calls: Calls, start_ns: int) -> SpanFrame:
         kind=kind,
         start_ns=start,
         end_ns=end,
-        key_ns=start + np.rint(late * 1e9).astype(np.int64),
+        key_ns=end + np.rint(late * 1e9).astype(np.int64),
         span_id=np.concatenate([calls.http_id, calls.db_id[db], calls.llm_id]),
         parent_id=np.concatenate([np.zeros(n, np.uint64), calls.http_id[db], calls.http_id]),
         call=calls.take(rows),

@@ -222,6 +222,7 @@ class Detector:
         self.series: dict[tuple[str, str, str, str], int] = {}
         self.keys: list[tuple[str, str, str, str]] = []
         self.dropped_series = 0
+        self.late_points = 0  # calls that arrived after their rate bucket closed (beyond `lateness`)
         # row = series * N_METRICS + metric
         self.values = EnsembleState(config.ensemble.params(config.warmup))
         # per series: buckets seen, EWMA rate, run sum of counts, run sum of expected, run direction
@@ -570,6 +571,9 @@ class Detector:
                 self.bucket_idx[s] = b[i]
             elif b[i] > self.bucket_idx[s]:
                 out += self._close_series(s, int(b[i]))
+            elif b[i] < self.bucket_idx[s]:
+                self.late_points += 1  # its bucket is closed: counting it now would fake a spike
+                continue
             self.bucket_counts[s, 0] += 1
             # an error burst means errors other than rate limiting, which has its own alert
             if rel.flags["error"][i] and not rel.flags["rate_limited"][i]:

@@ -68,8 +68,9 @@ def test_same_seed_same_bytes_other_seed_other_bytes() -> None:
 
 
 def test_spans_in_event_time_order_and_requests_of_n() -> None:
+    """Delivery order is span end time, as SDKs export a span when it ends."""
     cfg = TrafficConfig(seed=2, start=NOON, duration_s=0.75 * H, spans_per_request=250)
-    starts = np.concatenate([f.start_ns for f in span_stream(cfg)])
+    starts = np.concatenate([f.end_ns for f in span_stream(cfg)])
     assert np.all(np.diff(starts) >= 0)
     assert starts[0] >= cfg.start_ns
     reqs = list(generate(cfg))
@@ -80,9 +81,9 @@ def test_spans_in_event_time_order_and_requests_of_n() -> None:
     for r in reqs:
         for rs in r.resource_spans:
             for ss in rs.scope_spans:
-                s = [sp.start_time_unix_nano for sp in ss.spans]
+                s = [sp.end_time_unix_nano for sp in ss.spans]
                 assert s == sorted(s)  # delivery order inside each service and scope
-        s = [sp.start_time_unix_nano for sp in spans_of(r)]
+        s = [sp.end_time_unix_nano for sp in spans_of(r)]
         assert min(s) >= prev_max  # and between requests
         prev_max = max(s)
     # one resource per service, service.name on each
@@ -94,7 +95,7 @@ def test_out_of_order_fraction_is_bounded_by_lateness() -> None:
     cfg = TrafficConfig(
         seed=3, start=NOON, duration_s=0.75 * H, out_of_order_fraction=0.1, max_lateness_s=20.0
     )
-    starts = np.concatenate([f.start_ns for f in span_stream(cfg)])
+    starts = np.concatenate([f.end_ns for f in span_stream(cfg)])
     behind = np.maximum.accumulate(starts) - starts
     assert behind.max() <= 20e9
     late = (behind > 0).mean()
@@ -103,7 +104,7 @@ def test_out_of_order_fraction_is_bounded_by_lateness() -> None:
     # the same bound between requests
     seen_max = 0
     for chunk in generate_chunks(cfg):
-        s = np.array([sp.start_time_unix_nano for sp in spans_of(chunk.request)])
+        s = np.array([sp.end_time_unix_nano for sp in spans_of(chunk.request)])
         assert s.min() >= seen_max - 20e9
         seen_max = max(seen_max, int(s.max()))
 
