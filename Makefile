@@ -15,11 +15,12 @@ TEST_SERVERS := tests/servers/run.sh
 IMAGE        ?= llm-sentinel:dev
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run test lint fmt image clean distclean
+.PHONY: help setup run demo test lint fmt image clean distclean
 
 help:
 	@echo "make setup      create $(VENV) and install the project with dev extras (fast when done)"
 	@echo "make run        start the gateway with the embedded default config"
+	@echo "make demo       start the gateway and feed it 90 s of LLM traffic with one anomaly of each type"
 	@echo "make test       run the test suite (TEST_TIMEOUT=$(TEST_TIMEOUT)s per test, PYTEST_ARGS=...)"
 	@echo "make lint       ruff check, ruff format --check, mypy"
 	@echo "make fmt        sort imports and format the code with ruff"
@@ -37,6 +38,18 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 run: setup
 	$(BIN)/sentinel run
+
+# The gateway on its default config, fed by the synthetic traffic generator (60x speed, one anomaly
+# of each type); alerts appear in the log, in sentinel-data/anomalies.jsonl and on the admin API.
+demo: setup
+	@$(BIN)/sentinel run & gw=$$!; trap 'kill $$gw 2>/dev/null; wait $$gw 2>/dev/null' EXIT INT TERM; \
+	for i in $$(seq 50); do $(BIN)/python -c "import urllib.request as u; u.urlopen('http://127.0.0.1:8888/readyz')" \
+	  2>/dev/null && break; sleep 0.2; done; \
+	$(BIN)/python -m loadtests.llmgen --demo; \
+	echo; echo "alerts (newest first): http://127.0.0.1:8888/api/v1/anomalies"; \
+	$(BIN)/python -c "import json, urllib.request as u; \
+	d = json.load(u.urlopen('http://127.0.0.1:8888/api/v1/anomalies?limit=50')); \
+	[print(a['time'], a['severity'].ljust(8), a['type'].ljust(17), a['service'] + '/' + a['model']) for a in d['anomalies']]"
 
 # The servers hook runs only if present; its `stop` runs even when tests fail,
 # and the recipe exits with pytest's status either way.

@@ -192,9 +192,10 @@ class DetectConfig(ComponentConfig):
     drift: DriftSettings = DriftSettings()
     max_alerts: int = Field(default=10_000, ge=1, description="Alerts kept for the admin API.")
     idle_advance: bool = Field(
-        default=True,
-        description="Advance event time with the wall clock when no spans arrive, so silence is seen "
-        "(live only; replay never does).",
+        default=False,
+        description="Advance event time with the wall clock when no span at all arrives, so total silence "
+        "is seen as a traffic drop (live only; replay never does). Off by default: any traffic moves the "
+        "watermark, which already closes the buckets of a series that went quiet.",
     )
 
 
@@ -664,8 +665,9 @@ class Detector:
         z = (st[2] - st[3]) / math.sqrt(st[3])
         ratio = (st[2] + 0.5) / (st[3] + 0.5)
         unusual = abs(z) >= t.z_alarm and (ratio >= t.min_ratio or ratio <= 1.0 / t.min_ratio)
-        if not unusual:
-            st[1] = (1.0 - t.alpha) * lam + t.alpha * k  # learn from normal buckets only
+        # learn fast from normal buckets and slowly from unusual ones, so a lasting new level is accepted
+        a = t.alpha if not unusual else t.alpha / 5
+        st[1] = (1.0 - a) * lam + a * k
         if seen < t.warmup or not unusual:
             return None
         score = squash_score(abs(z) / t.z_alarm)
