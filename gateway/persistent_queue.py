@@ -160,11 +160,11 @@ def encode_columns(batch: Any) -> bytes:
     specs: list[list[Any]] = []
     parts: list[bytes] = []
     for name, col in batch.columns.items():
-        if col.dtype.hasobject or col.ndim != 1:
+        dtype = col.dtype
+        if dtype.hasobject or col.ndim != 1:
             continue  # not fixed-width: left out (no such column exists today)
-        arr = np.ascontiguousarray(col)
-        specs.append([name, arr.dtype.str, int(arr.shape[0])])
-        parts.append(arr.tobytes())
+        specs.append([name, dtype.str, col.shape[0]])
+        parts.append(col.tobytes())  # C order, whatever the strides
     try:
         head = orjson.dumps({"c": specs, "s": batch.strings.values, "sc": sorted(batch.string_columns)})
     except orjson.JSONEncodeError:  # e.g. a lone surrogate: restore from the request instead
