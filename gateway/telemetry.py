@@ -10,13 +10,16 @@ import logging
 import os
 import sys
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import orjson
 import psutil
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from gateway.batch import Signal
+
+T = TypeVar("T")
 
 # Collector item names per signal, as used in its metric names.
 ITEM_NAMES: dict[Signal, str] = {
@@ -107,6 +110,14 @@ class SelfTelemetry:
         self.memory_rss.set_function(lambda: float(self._proc.memory_info().rss))
         self.cpu_seconds.set_function(lambda: float(sum(self._proc.cpu_times()[:2])))
         self.uptime.set_function(lambda: time.monotonic() - self._started)
+
+
+    def singleton(self, key: str, create: Callable[[], T]) -> T:
+        """The runtime-wide instance stored under `key`, created on first use (e.g. LLM metrics)."""
+        obj = self.shared.get(key)
+        if obj is None:
+            obj = self.shared[key] = create()
+        return obj
 
 
 class JsonFormatter(logging.Formatter):

@@ -778,12 +778,8 @@ def _subset(rel: Released, mask: np.ndarray) -> Released:
 
 
 def shared_store(ctx: ComponentContext, max_events: int) -> AlertStore:
-    store = ctx.telemetry.shared.get("alert_store")
-    if store is None:
-        store = AlertStore(ctx.telemetry.registry, max_events)
-        ctx.telemetry.shared["alert_store"] = store
-    assert isinstance(store, AlertStore)
-    return store
+    """One alert store per runtime: the admin API serves it."""
+    return ctx.telemetry.singleton("alert_store", lambda: AlertStore(ctx.telemetry.registry, max_events))
 
 
 class DetectConnector(Connector):

@@ -39,13 +39,13 @@ class GenAIConfig(ComponentConfig):
 
 def shared_metrics(ctx: ComponentContext, max_series: int) -> LlmMetrics:
     """One LLM metrics aggregator per runtime, however many pipelines run a genai processor."""
-    metrics = ctx.telemetry.shared.get("llm_metrics")
-    if metrics is None:
+
+    def create() -> LlmMetrics:
         metrics = LlmMetrics(max_series=max_series)
         ctx.telemetry.registry.register(metrics)
-        ctx.telemetry.shared["llm_metrics"] = metrics
-    assert isinstance(metrics, LlmMetrics)
-    return metrics
+        return metrics
+
+    return ctx.telemetry.singleton("llm_metrics", create)
 
 
 class GenAIProcessor(Processor):
