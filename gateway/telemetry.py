@@ -111,7 +111,6 @@ class SelfTelemetry:
         self.cpu_seconds.set_function(lambda: float(sum(self._proc.cpu_times()[:2])))
         self.uptime.set_function(lambda: time.monotonic() - self._started)
 
-
     def singleton(self, key: str, create: Callable[[], T]) -> T:
         """The runtime-wide instance stored under `key`, created on first use (e.g. LLM metrics)."""
         obj = self.shared.get(key)

@@ -71,9 +71,7 @@ def main() -> None:
             lat.append((det - sends[i]) / 1e6)
     arr = np.array(lat)
     spans = len(bodies) * args.spans_per_request
-    print(
-        f"{len(bodies)} requests (~{spans:,} spans) in {elapsed:.1f} s: {spans / elapsed:,.0f} spans/s"
-    )
+    print(f"{len(bodies)} requests (~{spans:,} spans) in {elapsed:.1f} s: {spans / elapsed:,.0f} spans/s")
     print(
         f"{len(alerts)} alerts; latency request sent → alert emitted (ms): "
         f"p50 {np.percentile(arr, 50):.1f}  p99 {np.percentile(arr, 99):.1f}  max {arr.max():.1f}"
