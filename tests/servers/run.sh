@@ -63,8 +63,32 @@ ensure_installed() {
 py="$root/.venv/bin/python"
 [ -x "$py" ] || py="$(command -v python3)"
 
+# RabbitMQ (127.0.0.1:5672, guest/guest) is a machine service on this project's machines; if it is
+# not answering, start it (installing it first if needed), so the alert exporter tests never skip.
+ensure_rabbitmq() {
+  if (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null; then return 0; fi
+  if ! command -v rabbitmq-server >/dev/null 2>&1; then
+    echo "run.sh: installing rabbitmq-server (apt-get) ..." >&2
+    (
+      flock 9
+      export DEBIAN_FRONTEND=noninteractive
+      apt-get update -qq >/dev/null
+      apt-get install -y -qq --no-install-recommends rabbitmq-server >/dev/null
+    ) 9>"/tmp/llm-sentinel-test-servers-apt.lock"
+  fi
+  echo "run.sh: starting rabbitmq-server" >&2
+  rabbitmq-server -detached >/dev/null 2>&1 || true
+  for _ in $(seq 120); do
+    if (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null; then return 0; fi
+    sleep 0.5
+  done
+  echo "run.sh: rabbitmq did not come up on 127.0.0.1:5672" >&2
+  return 1
+}
+
 if [ "$cmd" = start ] || [ "$cmd" = restart ]; then
   ensure_installed
+  ensure_rabbitmq
 fi
 
 cd "$root"
