@@ -42,14 +42,7 @@ run: setup
 # The gateway on its default config, fed by the synthetic traffic generator (60x speed, one anomaly
 # of each type); alerts appear in the log, in sentinel-data/anomalies.jsonl and on the admin API.
 demo: setup
-	@$(BIN)/sentinel run & gw=$$!; trap 'kill $$gw 2>/dev/null; wait $$gw 2>/dev/null' EXIT INT TERM; \
-	for i in $$(seq 50); do $(BIN)/python -c "import urllib.request as u; u.urlopen('http://127.0.0.1:8888/readyz')" \
-	  2>/dev/null && break; sleep 0.2; done; \
-	$(BIN)/python -m loadtests.llmgen --demo; \
-	echo; echo "alerts (newest first): http://127.0.0.1:8888/api/v1/anomalies"; \
-	$(BIN)/python -c "import json, urllib.request as u; \
-	d = json.load(u.urlopen('http://127.0.0.1:8888/api/v1/anomalies?limit=50')); \
-	[print(a['time'], a['severity'].ljust(8), a['type'].ljust(17), a['service'] + '/' + a['model']) for a in d['anomalies']]"
+	$(BIN)/python -m loadtests.demo
 
 # The servers hook runs only if present; its `stop` runs even when tests fail,
 # and the recipe exits with pytest's status either way.
