@@ -206,6 +206,10 @@ class Connector(Component):
         super().__init__(ctx, config)
         self.consumers: dict[Signal, Consumer] = {}
 
+    def ready(self) -> bool:
+        """False while the connector could not yet serve data promptly (drives /readyz)."""
+        return True
+
     def set_consumer(self, signal: Signal, consumer: Consumer) -> None:
         self.consumers[signal] = consumer
 

@@ -137,8 +137,12 @@ class Gateway:
     # ---------------------------------------------------------------- state
     def readiness(self) -> tuple[bool, dict[str, Any]]:
         receivers = {str(cid): r.listening() for cid, r in self.graph.receivers.items()}
-        ready = self._started and not self._stopping and all(receivers.values())
-        return ready, {"receivers": receivers, "pipelines": [p.name for p in self.graph.pipelines]}
+        connectors = {str(cid): c.ready() for cid, c in self.graph.connectors.items()}
+        ready = self._started and not self._stopping and all(receivers.values()) and all(connectors.values())
+        detail: dict[str, Any] = {"receivers": receivers, "pipelines": [p.name for p in self.graph.pipelines]}
+        if connectors:
+            detail["connectors"] = connectors
+        return ready, detail
 
     def endpoints(self) -> dict[str, str]:
         out = {"admin": self.admin.bound}

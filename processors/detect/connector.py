@@ -791,12 +791,26 @@ class DetectConnector(Connector):
         self._tick: asyncio.Task[None] | None = None
         self._last_input = time.monotonic()
         self._annotator: Any = None
+        self._warm_done = threading.Event()
 
     async def start(self) -> None:
         # compile (or load cached) kernels off the event loop: start-up is not delayed
-        threading.Thread(target=_warm, name="numba-warm-up", daemon=True).start()
+        threading.Thread(target=self._warm, name="numba-warm-up", daemon=True).start()
         if self.config.idle_advance:
             self._tick = asyncio.create_task(self._idle_loop(), name=f"{self.id}-idle")
+
+    def ready(self) -> bool:
+        """Not ready until the kernels are compiled or loaded: a cold first call would block for seconds."""
+        return self._warm_done.is_set()
+
+    def _warm(self) -> None:
+        try:
+            seconds = ensemble_warm_up()
+            log.info("detection kernels ready", extra={"fields": {"warm_up_s": round(seconds, 3)}})
+        except Exception:  # pragma: no cover - a compile failure shows up on first use as well
+            log.exception("numba warm-up failed")
+        finally:
+            self._warm_done.set()
 
     async def shutdown(self) -> None:
         if self._tick is not None:
@@ -842,14 +856,6 @@ class DetectConnector(Connector):
                 now_event = self.detector.max_t_ns + int(idle * 1e9)
                 await self._emit(self.detector.advance(now_event_ns=now_event))
                 self._last_input = time.monotonic()
-
-
-def _warm() -> None:
-    try:
-        seconds = ensemble_warm_up()
-        log.info("detection kernels ready", extra={"fields": {"warm_up_s": round(seconds, 3)}})
-    except Exception:  # pragma: no cover - a compile failure shows up on first use as well
-        log.exception("numba warm-up failed")
 
 
 FACTORY = Factory(
