@@ -24,7 +24,16 @@ from typing import Any
 from pydantic import Field, model_validator
 
 from gateway.batch import Batch
-from gateway.component import ComponentConfig, ComponentContext, Duration, Factory, Kind, Processor
+from gateway.component import (
+    ComponentConfig,
+    ComponentContext,
+    ConsumeError,
+    Duration,
+    Factory,
+    Kind,
+    Processor,
+    ThrottledError,
+)
 
 _LOG_EVERY_S = 10.0  # at most one "send failed" log line per this many seconds
 
@@ -86,6 +95,9 @@ class BatchProcessor(Processor):
         self._m_dropped = ctx.telemetry.processor_dropped.labels(**labels)
         self._failures_unlogged = 0
         self._last_failure_log = float("-inf")
+        # set while the next consumer refuses (full exporter queue): the retry hint it gave
+        self._refused_hint: float | None = None
+        self._inflight_bytes = 0
 
     # ---------------------------------------------------------------- lifecycle
     async def start(self) -> None:
@@ -117,6 +129,13 @@ class BatchProcessor(Processor):
             await self.next_consumer.consume(batch)
             return
         self._ensure_sender()
+        if self._items >= self.config.buffer_limit and self._refused_hint is not None:
+            # Downstream refuses and our buffer is full: push back to the client (429 + Retry-After)
+            # rather than hold its request open or drop data it was told we accepted.
+            raise ThrottledError(
+                f"batch buffer of {self.id} is full while its exporters refuse data",
+                retry_after=max(self._refused_hint, 1.0),
+            )
         if self._items >= self.config.buffer_limit:
             async with self._space:
                 await self._space.wait_for(lambda: self._closing or self._items < self.config.buffer_limit)
@@ -208,19 +227,36 @@ class BatchProcessor(Processor):
             self._space.notify_all()
 
     async def _send(self, batch: Batch, trigger: str) -> None:
+        """Hand on one batch. A retryable refusal (full exporter queue) is waited out, holding the
+        batch, so accepted data is not dropped; meanwhile a full buffer refuses new clients."""
+        self._inflight_bytes = batch.nbytes
+        self._report_held()
         try:
-            await self.next_consumer.consume(batch)
-        except Exception as exc:  # the client was answered already: count, log, go on
+            while True:
+                try:
+                    await self.next_consumer.consume(batch)
+                except ConsumeError as exc:
+                    if not exc.retryable or self._closing:
+                        raise
+                    self._refused_hint = exc.retry_after or 0.5
+                    self._log_failure(batch, exc, dropped=False)
+                    await asyncio.sleep(min(max(self._refused_hint, 0.05), 5.0))
+                    continue
+                self._refused_hint = None
+                self._m_sent[trigger].inc(batch.item_count)
+                return
+        except Exception as exc:  # permanent, or shutting down: the client was answered already
             self._m_dropped.inc(batch.item_count)
             self._log_failure(batch, exc)
-        else:
-            self._m_sent[trigger].inc(batch.item_count)
+        finally:
+            self._inflight_bytes = 0
+            self._report_held()
 
     # ---------------------------------------------------------------- bookkeeping
     def _report_held(self) -> None:
-        self.ctx.admission.set_held(self._held_key, self._bytes)
+        self.ctx.admission.set_held(self._held_key, self._bytes + self._inflight_bytes)
 
-    def _log_failure(self, batch: Batch, exc: Exception) -> None:
+    def _log_failure(self, batch: Batch, exc: Exception, dropped: bool = True) -> None:
         """One line per _LOG_EVERY_S, so a refusing exporter does not flood the log."""
         now = time.monotonic()
         if now - self._last_failure_log < _LOG_EVERY_S:
@@ -228,8 +264,9 @@ class BatchProcessor(Processor):
             return
         self._last_failure_log = now
         also = f" ({self._failures_unlogged} more failed sends since the last report)"
+        what = "dropped" if dropped else "holding (will retry)"
         self.logger.warning(
-            f"dropped {batch.item_count} {batch.signal.value} item(s) after batching: "
+            f"{what} {batch.item_count} {batch.signal.value} item(s) after batching: "
             f"{type(exc).__name__}: {exc}" + (also if self._failures_unlogged else "")
         )
         self._failures_unlogged = 0

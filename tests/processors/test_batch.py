@@ -14,7 +14,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from pydantic import ValidationError
 
 from gateway.batch import Batch, LogBatch, MetricBatch, SpanBatch
-from gateway.component import ComponentId, Kind, RefusedError
+from gateway.component import ComponentId, Kind, PermanentError, RefusedError, ThrottledError
 from gateway.pipeline import _context
 from gateway.pressure import Admission
 from gateway.telemetry import SelfTelemetry
@@ -281,10 +281,35 @@ def test_shutdown_flushes_everything_buffered() -> None:
     run(main())
 
 
-def test_downstream_errors_are_counted_and_do_not_stop_the_sender() -> None:
+def test_refused_batches_are_held_and_delivered_once_downstream_accepts() -> None:
+    """A full exporter queue is waited out: data the client was told we accepted is not dropped."""
+
+    async def main() -> None:
+        h = Harness(send_batch_size=2, timeout="10s", max_buffered_items=4)
+        h.sink.fail = RefusedError("queue full", retry_after=0.05)
+        await h.proc.start()
+        await h.proc.consume(spans(3))  # sent at once (size trigger), refused, held
+        await asyncio.sleep(0.2)
+        assert h.dropped() == 0 and not h.sink.batches
+        await h.proc.consume(spans(4))  # fills the buffer to its limit
+        with pytest.raises(ThrottledError) as err:  # now the client is pushed back: 429 + Retry-After
+            await h.proc.consume(spans(1))
+        assert err.value.retry_after is not None and err.value.retry_after >= 1.0
+        h.sink.fail = None
+        await settle(lambda: sum(h.sink.sizes()) == 7)
+        assert h.dropped() == 0
+        await h.proc.consume(spans(2))  # and accepts again
+        await settle(lambda: sum(h.sink.sizes()) == 9)
+        await h.proc.shutdown()
+        assert h.admission.total_held() == 0
+
+    run(main())
+
+
+def test_permanent_downstream_errors_are_counted_and_do_not_stop_the_sender() -> None:
     async def main() -> None:
         h = Harness(send_batch_size=2, timeout="10s")
-        h.sink.fail = RefusedError("queue full")
+        h.sink.fail = PermanentError("bad data")
         await h.proc.start()
         await h.proc.consume(spans(3))  # accepted: the client does not see the later failure
         await settle(lambda: h.dropped() == 3)
