@@ -80,11 +80,10 @@ from prometheus_client import Counter
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from exporters.otlp import USER_AGENT, parse_retry_after
-from exporters.webhook import SendProgress
 from gateway.anomaly import AnomalyBatch, AnomalyEvent
 from gateway.batch import Batch, Signal, SpanBatch
 from gateway.component import ComponentContext, Factory, Kind, PermanentError
-from gateway.exporterhelper import QueuedExporter, QueuedExporterConfig, RetryableError
+from gateway.exporterhelper import QueuedExporter, QueuedExporterConfig, RetryableError, SendProgress
 from gateway.telemetry import SelfTelemetry
 
 Precision = Literal["ns", "us", "ms", "s"]
@@ -418,17 +417,15 @@ class InfluxDBConfig(QueuedExporterConfig):
 
 # ---------------------------------------------------------------- exporter
 def _points_counter(tel: SelfTelemetry) -> Counter:
-    counter = tel.shared.get("influxdb_points")
-    if counter is None:
-        counter = Counter(
+    return tel.singleton(
+        "influxdb_points",
+        lambda: Counter(
             "llm_sentinel_influxdb_points",
             "Line-protocol points written to InfluxDB, or rejected by it for good.",
             ["exporter", "outcome"],
             registry=tel.registry,
-        )
-        tel.shared["influxdb_points"] = counter
-    assert isinstance(counter, Counter)
-    return counter
+        ),
+    )
 
 
 class _Pending:

@@ -66,11 +66,16 @@ from prometheus_client import Counter
 from pydantic import Field, SecretStr, field_validator, model_validator
 from yarl import URL
 
-from exporters.webhook import SendProgress, alert_events
 from gateway.anomaly import AnomalyEvent
 from gateway.batch import Batch, Signal
 from gateway.component import ComponentContext, Duration, Factory, Kind
-from gateway.exporterhelper import QueuedExporter, QueuedExporterConfig, RetryableError
+from gateway.exporterhelper import (
+    QueuedExporter,
+    QueuedExporterConfig,
+    RetryableError,
+    SendProgress,
+    alert_events,
+)
 from gateway.telemetry import SelfTelemetry
 
 APP_ID = "llm-sentinel"
@@ -155,17 +160,15 @@ class RabbitMQConfig(QueuedExporterConfig):
 
 
 def _returned_counter(tel: SelfTelemetry) -> Counter:
-    counter = tel.shared.get("alerts_returned")
-    if counter is None:
-        counter = Counter(
+    return tel.singleton(
+        "alerts_returned",
+        lambda: Counter(
             "llm_sentinel_alerts_returned",
             "Alerts the broker returned as unroutable, by what the exporter then did with them.",
             ["exporter", "action"],
             registry=tel.registry,
-        )
-        tel.shared["alerts_returned"] = counter
-    assert isinstance(counter, Counter)
-    return counter
+        ),
+    )
 
 
 class _Published:

@@ -33,70 +33,26 @@ import hashlib
 import hmac
 import re
 import time
-from collections import OrderedDict
-from collections.abc import Callable
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, Literal
 
 import aiohttp
 import orjson
 from pydantic import Field, SecretStr, field_validator
 
 from exporters.otlp import USER_AGENT, parse_retry_after
-from gateway.anomaly import AnomalyBatch, AnomalyEvent, Severity
+from gateway.anomaly import AnomalyEvent, Severity
 from gateway.batch import Batch, Signal
 from gateway.component import ComponentContext, Factory, Kind, PermanentError
-from gateway.exporterhelper import QueuedExporter, QueuedExporterConfig, RetryableError
+from gateway.exporterhelper import (
+    QueuedExporter,
+    QueuedExporterConfig,
+    RetryableError,
+    SendProgress,
+    alert_events,
+)
 
 SIGNATURE_HEADER = "X-Sentinel-Signature"
 RETRYABLE_STATUS = frozenset({408, 429})
-
-S = TypeVar("S")
-
-
-# ---------------------------------------------------------------- shared by the alert / point exporters
-class SendProgress(Generic[S]):
-    """Per-batch delivery state kept across the retries of one batch.
-
-    The queued sender retries a batch by calling `send` again with the same object, so the
-    state is keyed by the batch's identity. Each entry holds the batch itself: while it is
-    remembered its id cannot be reused by another object. Entries are dropped when a batch
-    finishes (success or permanent failure); batches the sender gave up on fall out of the
-    bounded LRU.
-    """
-
-    def __init__(self, capacity: int) -> None:
-        self.capacity = max(4, capacity)
-        self._entries: OrderedDict[int, tuple[object, S]] = OrderedDict()
-
-    def find(self, batch: object) -> S | None:
-        entry = self._entries.get(id(batch))
-        return entry[1] if entry is not None and entry[0] is batch else None
-
-    def get(self, batch: object, new: Callable[[], S]) -> S:
-        key = id(batch)
-        entry = self._entries.get(key)
-        if entry is not None and entry[0] is batch:
-            self._entries.move_to_end(key)
-            return entry[1]
-        state = new()
-        self._entries[key] = (batch, state)
-        while len(self._entries) > self.capacity:
-            self._entries.popitem(last=False)
-        return state
-
-    def done(self, batch: object) -> None:
-        entry = self._entries.get(id(batch))
-        if entry is not None and entry[0] is batch:
-            del self._entries[id(batch)]
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-
-def alert_events(batch: object) -> list[AnomalyEvent]:
-    if not isinstance(batch, AnomalyBatch):
-        raise PermanentError(f"expected alerts (the anomalies signal), got {type(batch).__name__}")
-    return batch.events
 
 
 # ---------------------------------------------------------------- signature

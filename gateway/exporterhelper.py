@@ -24,11 +24,14 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from typing import Any
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
 
 from prometheus_client import Gauge
 from pydantic import Field, model_validator
 
+from gateway.anomaly import AnomalyBatch, AnomalyEvent
 from gateway.batch import Batch
 from gateway.component import (
     ComponentConfig,
@@ -352,3 +355,52 @@ def _storage_gauge(tel: Any) -> Gauge:
         tel.shared[STORAGE_BYTES_METRIC] = gauge
     assert isinstance(gauge, Gauge)
     return gauge
+
+
+# ---------------------------------------------------------------- helpers for exporters that resume
+S = TypeVar("S")
+
+
+class SendProgress(Generic[S]):
+    """Per-batch delivery state kept across the retries of one batch.
+
+    The queued sender retries a batch by calling `send` again with the same object, so the
+    state is keyed by the batch's identity. Each entry holds the batch itself: while it is
+    remembered its id cannot be reused by another object. Entries are dropped when a batch
+    finishes (success or permanent failure); batches the sender gave up on fall out of the
+    bounded LRU.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = max(4, capacity)
+        self._entries: OrderedDict[int, tuple[object, S]] = OrderedDict()
+
+    def find(self, batch: object) -> S | None:
+        entry = self._entries.get(id(batch))
+        return entry[1] if entry is not None and entry[0] is batch else None
+
+    def get(self, batch: object, new: Callable[[], S]) -> S:
+        key = id(batch)
+        entry = self._entries.get(key)
+        if entry is not None and entry[0] is batch:
+            self._entries.move_to_end(key)
+            return entry[1]
+        state = new()
+        self._entries[key] = (batch, state)
+        while len(self._entries) > self.capacity:
+            self._entries.popitem(last=False)
+        return state
+
+    def done(self, batch: object) -> None:
+        entry = self._entries.get(id(batch))
+        if entry is not None and entry[0] is batch:
+            del self._entries[id(batch)]
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+def alert_events(batch: object) -> list[AnomalyEvent]:
+    if not isinstance(batch, AnomalyBatch):
+        raise PermanentError(f"expected alerts (the anomalies signal), got {type(batch).__name__}")
+    return batch.events

@@ -81,15 +81,15 @@ from __future__ import annotations
 
 import fnmatch
 import re
-import weakref
 from collections.abc import Iterable
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import Counter
 from pydantic import Field, field_validator, model_validator
 
 from gateway.batch import Batch, LogBatch, MetricBatch, Signal, SpanBatch
 from gateway.component import ComponentConfig, ComponentContext, Processor
+from gateway.telemetry import SelfTelemetry
 from processors.redact.patterns import (
     BUILTIN_TYPES,
     CATEGORIES,
@@ -211,25 +211,17 @@ class RedactConfig(ComponentConfig):
 
 
 # ---------------------------------------------------------------- self-metric
-_COUNTERS: weakref.WeakKeyDictionary[CollectorRegistry, Counter] = weakref.WeakKeyDictionary()
-
-
-def redactions_counter(registry: CollectorRegistry) -> Counter:
-    """The runtime's `llm_sentinel_redactions_total{type}`, registered once per registry."""
-    counter = _COUNTERS.get(registry)
-    if counter is None:
-        existing = getattr(registry, "_names_to_collectors", {}).get(METRIC_NAME)
-        if isinstance(existing, Counter):
-            counter = existing
-        else:
-            counter = Counter(
-                METRIC_NAME,
-                "Values masked, attributes dropped and values truncated by the redact processor, by type.",
-                ["type"],
-                registry=registry,
-            )
-        _COUNTERS[registry] = counter
-    return counter
+def redactions_counter(telemetry: SelfTelemetry) -> Counter:
+    """The runtime's `llm_sentinel_redactions_total{type}`, shared by every redact instance."""
+    return telemetry.singleton(
+        "redactions",
+        lambda: Counter(
+            METRIC_NAME,
+            "Values masked, attributes dropped and values truncated by the redact processor, by type.",
+            ["type"],
+            registry=telemetry.registry,
+        ),
+    )
 
 
 # ---------------------------------------------------------------- key rules
@@ -295,7 +287,7 @@ class RedactProcessor(Processor):
         self.keys = KeyRules(config.allow_keys, config.drop_keys)
         self.max_len = config.max_value_length
         self.summary = config.summary
-        self._counter = redactions_counter(ctx.telemetry.registry)
+        self._counter = redactions_counter(ctx.telemetry)
         self._children: dict[str, Any] = {}
 
     async def consume(self, batch: Batch) -> None:

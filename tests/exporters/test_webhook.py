@@ -18,7 +18,6 @@ from pydantic import ValidationError
 from exporters.webhook import (
     FACTORY,
     SIGNATURE_HEADER,
-    SendProgress,
     WebhookExporter,
     summary,
     verify_signature,
@@ -28,6 +27,7 @@ from gateway.batch import Signal
 from gateway.component import ComponentId, Kind
 from gateway.config.model import build_config
 from gateway.config.source import ConfigError, load_text
+from gateway.exporterhelper import SendProgress
 from gateway.pipeline import _context
 from gateway.pressure import Admission
 from gateway.telemetry import SelfTelemetry
