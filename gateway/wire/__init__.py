@@ -1,0 +1,1 @@
+"""Protobuf wire-format fast paths: numba kernels that read OTLP bytes without building objects."""
