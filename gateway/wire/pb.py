@@ -101,7 +101,7 @@ def skip_field(buf: np.ndarray, pos: int, end: int, wtype: int) -> int:
         return pos + 8 if pos + 8 <= end else MALFORMED
     if wtype == LEN:
         _, stop = read_len(buf, pos, end)
-        return stop
+        return int(stop)
     if wtype == I32:
         return pos + 4 if pos + 4 <= end else MALFORMED
     # Groups are deprecated and never used by OTLP; treat them as malformed input.
