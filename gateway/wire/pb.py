@@ -41,25 +41,25 @@ def read_varint(buf: np.ndarray, pos: int, end: int) -> tuple[np.uint64, int]:
 
 
 @njit(cache=True, nogil=True, inline="always")
-def read_tag(buf: np.ndarray, pos: int, end: int) -> tuple[np.int64, np.int64, int]:
+def read_tag(buf: np.ndarray, pos: int, end: int) -> tuple[int, int, int]:
     """(field number, wire type, new position); position -1 when malformed or field number 0."""
     key, pos = read_varint(buf, pos, end)
     if pos < 0:
-        return np.int64(0), np.int64(0), MALFORMED
+        return 0, 0, MALFORMED
     field = np.int64(key >> np.uint64(3))
     wtype = np.int64(key & np.uint64(7))
     if field == 0:
-        return field, wtype, MALFORMED
-    return field, wtype, pos
+        return field, wtype, MALFORMED  # type: ignore[return-value]
+    return field, wtype, pos  # type: ignore[return-value]
 
 
 @njit(cache=True, nogil=True, inline="always")
-def read_len(buf: np.ndarray, pos: int, end: int) -> tuple[int, int | np.int64]:
+def read_len(buf: np.ndarray, pos: int, end: int) -> tuple[int, int]:
     """(start, stop) of a length-delimited payload at `pos`; start -1 when it does not fit."""
     n, pos = read_varint(buf, pos, end)
     if pos < 0 or n > np.uint64(end - pos):
         return MALFORMED, MALFORMED
-    return pos, pos + np.int64(n)
+    return pos, pos + np.int64(n)  # type: ignore[return-value]
 
 
 @njit(cache=True, nogil=True, inline="always")

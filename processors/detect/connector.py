@@ -46,6 +46,8 @@ from gateway.anomaly import AnomalyBatch, AnomalyEvent, AnomalyType, Severity
 from gateway.batch import Batch, Signal, SpanBatch
 from gateway.component import ComponentConfig, ComponentContext, Connector, Duration, Factory, Kind
 from processors.detect.alerts import AlertStore, Deduplicator
+from processors.detect.call_kernels import bucket_points, drift_update, model_changes
+from processors.detect.calls import METRICS, RATES, CallRows, LatenessBuffer, SeriesKey, trace_hex
 from processors.detect.ensemble import DET_CUSUM, DETECTOR_NAMES, EnsembleParams, EnsembleState, score_batch
 from processors.detect.ensemble import warm_up as ensemble_warm_up
 from processors.detect.kernels import CUSUM_WIDTH, cusum_update
@@ -54,8 +56,7 @@ from processors.detect.rates import RATE_WIDTH, burst_update
 
 log = logging.getLogger("sentinel.detect")
 
-# value streams per series
-METRICS = ("latency_s", "ttft_s", "input_tokens", "output_tokens", "cost_usd")
+# value streams per series: calls.METRICS
 METRIC_TYPES = (
     AnomalyType.LATENCY_SPIKE,
     AnomalyType.TTFT_SPIKE,
@@ -64,11 +65,14 @@ METRIC_TYPES = (
     AnomalyType.COST_SPIKE,
 )
 N_METRICS = len(METRICS)
-# rate streams per series
-RATES = ("error", "rate_limited", "truncated")
+# rate streams per series: calls.RATES
 RATE_TYPES = (AnomalyType.ERROR_BURST, AnomalyType.RATE_LIMIT_BURST, AnomalyType.TRUNCATION_SPIKE)
 DRIFT_METRICS = ("latency_s", "output_tokens")
 DRIFT_BINS = np.concatenate([[-np.inf], np.linspace(-4.0, 12.0, 33), [np.inf]])  # on the transformed scale
+DRIFT_CENTERS = np.concatenate(
+    [[DRIFT_BINS[1] - 0.25], (DRIFT_BINS[1:-2] + DRIFT_BINS[2:-1]) / 2, [DRIFT_BINS[-2]]]
+)
+MAX_MODELS = 32  # response models remembered per series
 
 
 def transform(name: str, v: np.ndarray) -> np.ndarray:
@@ -201,17 +205,30 @@ class DetectConfig(ComponentConfig):
 
 @dataclass
 class Released:
-    """LLM calls released from the lateness buffer, in event-time order."""
+    """LLM calls released from the lateness buffer, in event-time order, with their series rows."""
 
-    t_ns: np.ndarray
-    series: np.ndarray
-    values: dict[str, np.ndarray]
-    flags: dict[str, np.ndarray]
-    response_model: list[str]
-    trace_id: list[str]
+    calls: CallRows
+    series: np.ndarray  # int64 detector series row per call
+    model: np.ndarray  # int64 detector-wide response model id per call (-1 unknown)
+
+    @property
+    def t_ns(self) -> np.ndarray:
+        return self.calls.t_ns
+
+    def value(self, name: str) -> np.ndarray:
+        return self.calls.values[:, METRICS.index(name)]
+
+    def flag(self, name: str) -> np.ndarray:
+        return self.calls.flags[:, RATES.index(name)]
+
+    def trace_id(self, row: int) -> str:
+        return self.calls.trace_id(row)
+
+    def take(self, idx: np.ndarray) -> Released:
+        return Released(self.calls.take(idx), self.series[idx], self.model[idx])
 
     def __len__(self) -> int:
-        return int(self.t_ns.shape[0])
+        return len(self.calls)
 
 
 class Detector:
@@ -220,8 +237,8 @@ class Detector:
     def __init__(self, config: DetectConfig, store: AlertStore | None = None) -> None:
         self.cfg = config
         self.store = store
-        self.series: dict[tuple[str, str, str, str], int] = {}
-        self.keys: list[tuple[str, str, str, str]] = []
+        self.series: dict[SeriesKey, int] = {}
+        self.keys: list[SeriesKey] = []
         self.dropped_series = 0
         self.late_points = 0  # calls that arrived after their rate bucket closed (beyond `lateness`)
         # row = series * N_METRICS + metric
@@ -232,8 +249,14 @@ class Detector:
         # open bucket per series: index and counts (calls, errors, 429s, truncated)
         self.bucket_idx = np.zeros(0, dtype=np.int64)
         self.bucket_counts = np.zeros((0, 4))
-        self.bucket_traces: list[list[str]] = []
-        self.models: list[dict[str, int]] = []
+        self.bucket_traces = np.zeros((0, AnomalyEvent.MAX_TRACE_IDS, 2), dtype=np.uint64)
+        self.bucket_ntraces = np.zeros(0, dtype=np.int64)
+        # per series: response model ids in first-seen order and their call counts
+        self.seen_models = np.zeros((0, MAX_MODELS), dtype=np.int64)
+        self.seen_counts = np.zeros((0, MAX_MODELS), dtype=np.int64)
+        self.n_seen = np.zeros(0, dtype=np.int64)
+        self.model_ids: dict[str, int] = {}
+        self.model_names: list[str] = []
         self.calls = np.zeros(0, dtype=np.int64)
         nb = len(DRIFT_BINS) - 1
         self.ref_hist = np.zeros((0, len(DRIFT_METRICS), nb))
@@ -244,7 +267,7 @@ class Detector:
         self.shift = np.zeros((0, CUSUM_WIDTH))  # per value-stream row: level-shift CUSUM
         self.last_hit = np.zeros(0)  # per value-stream row: position of its last anomalous point
         self.last_hit_score = np.zeros(0)
-        self.pending: list[dict[str, Any]] = []
+        self.pending = LatenessBuffer()
         self.max_t_ns = 0
         self.watermark_ns = 0
         self.dedup = Deduplicator(int(config.dedup_window * 1e9))
@@ -284,76 +307,50 @@ class Detector:
         self.ref_hist, self.recent_hist = pad(self.ref_hist), pad(self.recent_hist)
         self.ref_n, self.recent_n = pad(self.ref_n), pad(self.recent_n)
         self.drift_alarmed = pad(self.drift_alarmed)
-        self.bucket_traces.extend([] for _ in range(extra))
-        self.models.extend({} for _ in range(extra))
+        self.bucket_traces = pad(self.bucket_traces)
+        self.bucket_ntraces = pad(self.bucket_ntraces)
+        self.seen_models, self.seen_counts = pad(self.seen_models), pad(self.seen_counts)
+        self.n_seen = pad(self.n_seen)
 
     # ---------------------------------------------------------------- input
     def ingest(self, batch: SpanBatch) -> None:
         """Buffer the LLM calls of an annotated span batch."""
-        c = batch.columns
-        rows = np.flatnonzero(c["llm"])
-        if not rows.shape[0]:
+        rows = CallRows.from_batch(batch)
+        if rows is not None:
+            self.ingest_calls(rows)
+
+    def ingest_calls(self, rows: CallRows) -> None:
+        """Buffer calls (from a batch, or handed over by another worker)."""
+        if not len(rows):
             return
-        values = batch.strings.values
-
-        def strs(name: str) -> list[str]:
-            col = c[name][rows]
-            return [values[x] if x >= 0 else "" for x in col.tolist()]
-
-        chunk: dict[str, Any] = {
-            "t": c["end_ns"][rows].astype(np.int64),
-            "key": list(
-                zip(strs("service"), strs("provider"), strs("operation"), strs("request_model"), strict=True)
-            ),
-            "response_model": strs("response_model"),
-            "trace_id": [
-                f"{hi:016x}{lo:016x}"
-                for hi, lo in zip(
-                    c["trace_id_hi"][rows].tolist(), c["trace_id_lo"][rows].tolist(), strict=True
-                )
-            ],
-            **{m: c[m][rows].astype(np.float64) for m in METRICS},
-            **{f: c[f][rows].astype(np.bool_) for f in RATES},
-        }
-        self.pending.append(chunk)
-        self.max_t_ns = max(self.max_t_ns, int(chunk["t"].max()))
+        self.pending.add(rows)
+        self.max_t_ns = max(self.max_t_ns, int(rows.t_ns.max()))
 
     def _release(self, upto_ns: int | None) -> Released | None:
-        if not self.pending:
+        calls = self.pending.release(upto_ns)
+        if calls is None:
             return None
-        merged: dict[str, Any] = {}
-        for k in self.pending[0]:
-            if isinstance(self.pending[0][k], np.ndarray):
-                merged[k] = np.concatenate([p[k] for p in self.pending])
-            else:
-                merged[k] = [x for p in self.pending for x in p[k]]
-        t = merged["t"]
-        ready = np.ones(t.shape[0], dtype=np.bool_) if upto_ns is None else t <= upto_ns
-        keep = np.flatnonzero(~ready)
-        self.pending = (
-            [
-                {
-                    k: (v[keep] if isinstance(v, np.ndarray) else [v[i] for i in keep.tolist()])
-                    for k, v in merged.items()
-                }
-            ]
-            if keep.shape[0]
-            else []
-        )
-        idx = np.flatnonzero(ready)
-        if not idx.shape[0]:
-            return None
-        order = idx[np.argsort(t[idx], kind="stable")]
-        ol = order.tolist()
-        keys = [merged["key"][i] for i in ol]
-        return Released(
-            t_ns=t[order],
-            series=self._series_rows(keys),
-            values={m: merged[m][order] for m in METRICS},
-            flags={f: merged[f][order] for f in RATES},
-            response_model=[merged["response_model"][i] for i in ol],
-            trace_id=[merged["trace_id"][i] for i in ol],
-        )
+        # series rows are assigned in event-time order of first appearance, as calls are released
+        first = np.full(len(calls.keys), calls.key.shape[0], dtype=np.int64)
+        np.minimum.at(first, calls.key, np.arange(calls.key.shape[0]))
+        present = np.flatnonzero(first < calls.key.shape[0])
+        by_first = present[np.argsort(first[present], kind="stable")]
+        key_rows = np.full(len(calls.keys), -1, dtype=np.int64)
+        key_rows[by_first] = self._series_rows([calls.keys[k] for k in by_first.tolist()])
+        series = key_rows[calls.key]
+        dropped_keys = key_rows < 0
+        if dropped_keys.any():
+            # every call of a series over the cap counts, as before
+            self.dropped_series += int(dropped_keys[calls.key].sum()) - int(dropped_keys[by_first].sum())
+        model_map = np.empty(len(calls.models) + 1, dtype=np.int64)
+        model_map[-1] = -1
+        for i, name in enumerate(calls.models):
+            mid = self.model_ids.get(name)
+            if mid is None:
+                mid = self.model_ids[name] = len(self.model_names)
+                self.model_names.append(name)
+            model_map[i] = mid
+        return Released(calls, series, model_map[calls.model])
 
     # ---------------------------------------------------------------- driving
     def advance(self, flush: bool = False, now_event_ns: int | None = None) -> list[AnomalyEvent]:
@@ -367,7 +364,7 @@ class Detector:
         if rel is not None and len(rel):
             ok = rel.series >= 0
             if not ok.all():
-                rel = _subset(rel, ok)
+                rel = rel.take(ok)
             spikes, spiky_points = self._score_values(rel)
             found += spikes
             found += self._bucket_points(rel)
@@ -448,9 +445,9 @@ class Detector:
         # interleave the metric streams point by point, keeping event-time order
         rows = (rel.series[:, None] * N_METRICS + np.arange(N_METRICS)[None, :]).reshape(-1)
         # failed calls (timeouts, 429s) have their own burst alerts; their latency is not the model's
-        ok_call = ~rel.flags["error"]
+        ok_call = ~rel.flag("error")
         vals = np.stack(
-            [np.where(ok_call, transform(m, rel.values[m]), np.nan) for m in METRICS], axis=1
+            [np.where(ok_call, transform(m, rel.value(m)), np.nan) for m in METRICS], axis=1
         ).reshape(-1)
         ts = np.repeat(rel.t_ns / 1e9, N_METRICS)
         point = np.repeat(np.arange(n), N_METRICS)
@@ -498,7 +495,7 @@ class Detector:
             name = METRICS[m]
             det = int(scored.detector[h])
             baseline = untransform(name, float(self.values.ewma[r, 1]))
-            value = float(rel.values[name][p])
+            value = float(rel.value(name)[p])
             big_jump = baseline > 0 and value >= self.cfg.spike_ratio * baseline
             atype = AnomalyType.LEVEL_SHIFT if det == DET_CUSUM and not big_jump else METRIC_TYPES[m]
             out.append(
@@ -508,10 +505,10 @@ class Detector:
                     name,
                     atype,
                     alert_score,
-                    float(rel.values[name][p]),
+                    value,
                     baseline,
                     DETECTOR_NAMES[det],
-                    [rel.trace_id[p]],
+                    [rel.trace_id(p)],
                 )
             )
         if self.cfg.shift.enabled:
@@ -542,7 +539,7 @@ class Detector:
             p = int(point[h])
             name = METRICS[m]
             baseline = untransform(name, float(self.shift[r, 1]))
-            value = float(rel.values[name][p])
+            value = float(rel.value(name)[p])
             # while the spike detectors are firing on this stream, the CUSUM sees the spike episode
             in_spike = abs(float(position[h]) - self.last_hit[r]) <= 50
             atype = METRIC_TYPES[m] if in_spike else AnomalyType.LEVEL_SHIFT
@@ -556,7 +553,7 @@ class Detector:
                     value,
                     baseline,
                     "cusum",
-                    [rel.trace_id[p]],
+                    [rel.trace_id(p)],
                 )
             )
         return out
@@ -564,25 +561,22 @@ class Detector:
     # ---------------------------------------------------------------- buckets
     def _bucket_points(self, rel: Released) -> list[AnomalyEvent]:
         width = int(self.cfg.bucket * 1e9)
-        b = rel.t_ns // width
+        late, c_s, c_first, c_new, c_counts, c_traces, c_nt = bucket_points(
+            rel.t_ns // width,
+            rel.series,
+            rel.calls.flags,
+            rel.calls.trace_hi,
+            rel.calls.trace_lo,
+            self.bucket_idx,
+            self.bucket_counts,
+            self.bucket_traces,
+            self.bucket_ntraces,
+        )
+        self.late_points += int(late)
         out: list[AnomalyEvent] = []
-        for i in range(len(rel)):  # sequential by nature: bucket changes close the previous bucket
-            s = int(rel.series[i])
-            if self.bucket_idx[s] < 0:
-                self.bucket_idx[s] = b[i]
-            elif b[i] > self.bucket_idx[s]:
-                out += self._close_series(s, int(b[i]))
-            elif b[i] < self.bucket_idx[s]:
-                self.late_points += 1  # its bucket is closed: counting it now would fake a spike
-                continue
-            self.bucket_counts[s, 0] += 1
-            # an error burst means errors other than rate limiting, which has its own alert
-            if rel.flags["error"][i] and not rel.flags["rate_limited"][i]:
-                self.bucket_counts[s, 1] += 1
-                if len(self.bucket_traces[s]) < AnomalyEvent.MAX_TRACE_IDS:
-                    self.bucket_traces[s].append(rel.trace_id[i])
-            self.bucket_counts[s, 2] += rel.flags["rate_limited"][i]
-            self.bucket_counts[s, 3] += rel.flags["truncated"][i]
+        for k in range(c_s.shape[0]):  # closes are rare: one per series per bucket
+            traces = [trace_hex(int(h), int(lo)) for h, lo in c_traces[k, : c_nt[k]].tolist()]
+            out += self._closed_bucket(int(c_s[k]), int(c_first[k]), int(c_new[k]), c_counts[k], traces)
         return out
 
     def _close_buckets(self, upto_ns: int) -> list[AnomalyEvent]:
@@ -592,20 +586,23 @@ class Detector:
         n = len(self.keys)
         out: list[AnomalyEvent] = []
         for s in np.flatnonzero((self.bucket_idx[:n] >= 0) & (self.bucket_idx[:n] < target)).tolist():
-            out += self._close_series(s, int(target))
+            held = self.bucket_traces[s, : self.bucket_ntraces[s]].tolist()
+            traces = [trace_hex(int(h), int(lo)) for h, lo in held]
+            first, counts = int(self.bucket_idx[s]), self.bucket_counts[s].copy()
+            self.bucket_counts[s] = 0
+            self.bucket_ntraces[s] = 0
+            self.bucket_idx[s] = target
+            out += self._closed_bucket(s, first, int(target), counts, traces)
         return out
 
-    def _close_series(self, s: int, new_bucket: int) -> list[AnomalyEvent]:
-        """Close series `s`'s open bucket (and empty ones up to `new_bucket`); score them."""
+    def _closed_bucket(
+        self, s: int, first: int, new_bucket: int, bucket_counts: np.ndarray, traces: list[str]
+    ) -> list[AnomalyEvent]:
+        """Score series `s`'s bucket `first` (and empty ones up to `new_bucket`) once it has closed."""
         width = int(self.cfg.bucket * 1e9)
-        first = int(self.bucket_idx[s])
         gap = min(new_bucket - first, 3)  # beyond a few empty buckets the traffic verdict is made
         counts = np.zeros((gap, 4))
-        counts[0] = self.bucket_counts[s]
-        traces = self.bucket_traces[s]
-        self.bucket_counts[s] = 0
-        self.bucket_traces[s] = []
-        self.bucket_idx[s] = new_bucket
+        counts[0] = bucket_counts
         ends = (first + 1 + np.arange(gap)) * width - 1
         out: list[AnomalyEvent] = []
         for j in range(gap):
@@ -676,34 +673,32 @@ class Detector:
 
     # ---------------------------------------------------------------- model change
     def _model_changes(self, rel: Released) -> list[AnomalyEvent]:
+        np.add.at(self.calls, rel.series, 1)
+        rows, usual = model_changes(
+            rel.series,
+            rel.model,
+            self.seen_models,
+            self.seen_counts,
+            self.n_seen,
+            self.cfg.min_calls_for_model_change,
+        )
         out = []
-        need = self.cfg.min_calls_for_model_change
-        for i in range(len(rel)):
-            s = int(rel.series[i])
-            self.calls[s] += 1
-            model = rel.response_model[i]
-            if not model:
-                continue
-            seen = self.models[s]
-            if model not in seen and seen and sum(seen.values()) >= need:
-                usual = max(seen, key=lambda k: seen[k])
-                out.append(
-                    self._event(
-                        s,
-                        int(rel.t_ns[i]),
-                        "response_model",
-                        AnomalyType.MODEL_CHANGE,
-                        0.85,
-                        math.nan,
-                        math.nan,
-                        "new_response_model",
-                        [rel.trace_id[i]],
-                        previous=usual,
-                        current=model,
-                    )
+        for i, prev in zip(rows.tolist(), usual.tolist(), strict=True):
+            out.append(
+                self._event(
+                    int(rel.series[i]),
+                    int(rel.t_ns[i]),
+                    "response_model",
+                    AnomalyType.MODEL_CHANGE,
+                    0.85,
+                    math.nan,
+                    math.nan,
+                    "new_response_model",
+                    [rel.trace_id(i)],
+                    previous=self.model_names[prev],
+                    current=self.model_names[int(rel.model[i])],
                 )
-            if len(seen) < 32 or model in seen:
-                seen[model] = seen.get(model, 0) + 1
+            )
         return out
 
     # ---------------------------------------------------------------- drift
@@ -712,69 +707,43 @@ class Detector:
         decay = 0.5 ** (1.0 / d.recent_half_life)
         out = []
         for j, name in enumerate(DRIFT_METRICS):
-            x = transform(name, rel.values[name])
-            bins = np.digitize(x, DRIFT_BINS[1:-1])
-            for i in np.flatnonzero(np.isfinite(x) & ~exclude).tolist():
-                s = int(rel.series[i])
-                if self.ref_n[s, j] < d.reference_points:
-                    self.ref_hist[s, j, bins[i]] += 1
-                    self.ref_n[s, j] += 1
-                    continue
-                self.recent_hist[s, j] *= decay
-                self.recent_hist[s, j, bins[i]] += 1
-                self.recent_n[s, j] += 1
-                if self.recent_n[s, j] < d.min_recent or self.recent_n[s, j] % 50:
-                    continue
-                psi = _psi(self.ref_hist[s, j], self.recent_hist[s, j])
-                if psi >= d.psi_threshold and not self.drift_alarmed[s, j]:
-                    self.drift_alarmed[s, j] = True
-                    ref_mean = _hist_mean(self.ref_hist[s, j])
-                    cur_mean = _hist_mean(self.recent_hist[s, j])
-                    score = psi / (psi + d.psi_threshold)  # 0.5 at the threshold, never 1.0
-                    out.append(
-                        self._event(
-                            s,
-                            int(rel.t_ns[i]),
-                            name,
-                            AnomalyType.DRIFT,
-                            score,
-                            untransform(name, cur_mean),
-                            untransform(name, ref_mean),
-                            "psi",
-                            [rel.trace_id[i]],
-                            psi=round(psi, 4),
-                        )
+            x = transform(name, rel.value(name))
+            bins = np.digitize(x, DRIFT_BINS[1:-1]).astype(np.int64)
+            rows, psis, ref_means, cur_means = drift_update(
+                rel.series,
+                bins,
+                np.isfinite(x) & ~exclude,
+                j,
+                self.ref_hist,
+                self.recent_hist,
+                self.ref_n,
+                self.recent_n,
+                self.drift_alarmed,
+                float(d.reference_points),
+                decay,
+                float(d.min_recent),
+                d.psi_threshold,
+                DRIFT_CENTERS,
+            )
+            for i, psi, ref_mean, cur_mean in zip(
+                rows.tolist(), psis.tolist(), ref_means.tolist(), cur_means.tolist(), strict=True
+            ):
+                score = psi / (psi + d.psi_threshold)  # 0.5 at the threshold, never 1.0
+                out.append(
+                    self._event(
+                        int(rel.series[i]),
+                        int(rel.t_ns[i]),
+                        name,
+                        AnomalyType.DRIFT,
+                        score,
+                        untransform(name, cur_mean),
+                        untransform(name, ref_mean),
+                        "psi",
+                        [rel.trace_id(i)],
+                        psi=round(psi, 4),
                     )
-                elif psi < d.psi_threshold / 2:
-                    self.drift_alarmed[s, j] = False
+                )
         return out
-
-
-def _psi(ref: np.ndarray, cur: np.ndarray) -> float:
-    eps = 1e-4
-    p = ref / max(ref.sum(), 1.0) + eps
-    q = cur / max(cur.sum(), 1.0) + eps
-    return float(np.sum((q - p) * np.log(q / p)))
-
-
-def _hist_mean(h: np.ndarray) -> float:
-    centers = np.concatenate(
-        [[DRIFT_BINS[1] - 0.25], (DRIFT_BINS[1:-2] + DRIFT_BINS[2:-1]) / 2, [DRIFT_BINS[-2]]]
-    )
-    total = h.sum()
-    return float((h * centers).sum() / total) if total else math.nan
-
-
-def _subset(rel: Released, mask: np.ndarray) -> Released:
-    idx = np.flatnonzero(mask).tolist()
-    return Released(
-        t_ns=rel.t_ns[mask],
-        series=rel.series[mask],
-        values={k: v[mask] for k, v in rel.values.items()},
-        flags={k: v[mask] for k, v in rel.flags.items()},
-        response_model=[rel.response_model[i] for i in idx],
-        trace_id=[rel.trace_id[i] for i in idx],
-    )
 
 
 def shared_store(ctx: ComponentContext, max_events: int) -> AlertStore:
