@@ -51,8 +51,14 @@ class CallRows:
         if not rows.shape[0]:
             return None
         values = batch.strings.values
-        codes = np.stack([c[name][rows] for name in _KEY_COLUMNS], axis=1)
-        uniq, inverse = np.unique(codes, axis=0, return_inverse=True)
+        cols = [c[name][rows].astype(np.int64) + 1 for name in _KEY_COLUMNS]  # codes ≥ 0
+        radix = len(values) + 1
+        if radix**4 < 2**62:  # one int64 per key: a 1-D unique is much cheaper than rows of 4
+            packed = ((cols[0] * radix + cols[1]) * radix + cols[2]) * radix + cols[3]
+            uniq_packed, inverse = np.unique(packed, return_inverse=True)
+            uniq = np.stack([(uniq_packed // radix**p) % radix for p in (3, 2, 1, 0)], axis=1) - 1
+        else:
+            uniq, inverse = np.unique(np.stack(cols, axis=1) - 1, axis=0, return_inverse=True)
         keys: list[SeriesKey] = [
             (_s(values, a), _s(values, b), _s(values, o), _s(values, m)) for a, b, o, m in uniq.tolist()
         ]
