@@ -7,7 +7,8 @@
 Bodies are ExportTraceServiceRequests from loadtests.llmgen, serialised once
 before the users start and posted round-robin as application/x-protobuf.
 Environment: OTLP_SPANS_PER_REQUEST (default 512), OTLP_REQUESTS (distinct bodies,
-default 64), OTLP_GZIP=1 (gzip the bodies, compressed once). Locust's "requests/s"
+default 64), OTLP_GZIP=1 (gzip the bodies). Each pass over the bodies moves their
+timestamps on by the event time one pass covers, as real traffic would. Locust's "requests/s"
 times the spans per request is the span rate; a response with a partial_success
 rejection is reported as a failure.
 
@@ -31,7 +32,7 @@ N_REQUESTS = int(os.environ.get("OTLP_REQUESTS", "64"))
 GZIP = os.environ.get("OTLP_GZIP", "") not in ("", "0", "false")
 
 PAYLOADS = build_payloads(N_REQUESTS, SPANS_PER_REQUEST, gzipped=GZIP)
-_NEXT = itertools.cycle(range(len(PAYLOADS.bodies)))
+_NEXT = itertools.count()
 HEADERS = {"Content-Type": "application/x-protobuf"} | ({"Content-Encoding": "gzip"} if GZIP else {})
 
 
@@ -40,7 +41,8 @@ class OtlpTracesUser(FastHttpUser):
 
     @task
     def export_traces(self) -> None:
-        body = PAYLOADS.bodies[next(_NEXT)]
+        cycle, i = divmod(next(_NEXT), len(PAYLOADS.wires))
+        body = PAYLOADS.body(i, cycle)
         with self.client.post(
             "/v1/traces",
             data=body,  # type: ignore[arg-type]  # bytes are sent as-is; the annotation omits them

@@ -56,6 +56,7 @@ import psutil
 import yaml
 
 from loadtests.llmgen import TrafficConfig, generate
+from loadtests.timeshift import shift_times
 
 TRACE_EXPORT = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
 LOOPBACK = "127.0.0.1"
@@ -65,23 +66,54 @@ MAX_MSG = 64 * 1024 * 1024
 # ----------------------------------------------------------------- payloads
 @dataclass
 class Payloads:
-    bodies: list[bytes]  # what goes on the wire (gzip-compressed when asked)
-    spans: list[int]  # spans per body
-    raw_bytes: int  # uncompressed size of all bodies
+    wires: list[bytes]  # serialised requests of one cycle
+    spans: list[int]  # spans per request
+    raw_bytes: int  # uncompressed size of one cycle
+    cycle_ns: int  # event time one cycle covers; cycle k is shifted by k × this
+    gzipped: bool = False  # HTTP bodies are gzip-compressed (gRPC compresses in the channel)
+
+    def body(self, i: int, cycle: int) -> bytes:
+        """Request `i` of cycle `cycle`: timestamps moved on so event time keeps going forward."""
+        wire = self.wires[i] if cycle == 0 else shift_times(self.wires[i], cycle * self.cycle_ns)
+        return gzip.compress(wire, 1) if self.gzipped else wire
 
 
-def build_payloads(n_requests: int, spans_per_request: int, *, gzipped: bool, seed: int = 1) -> Payloads:
-    """The first `n_requests` full requests of generated traffic, serialised once."""
-    traffic = TrafficConfig(seed=seed, duration_s=30 * 86400.0, spans_per_request=spans_per_request)
-    bodies, spans, raw = [], [], 0
+def build_payloads(
+    n_requests: int,
+    spans_per_request: int,
+    *,
+    gzipped: bool,
+    seed: int = 1,
+    rate_scale: float = 100_000.0,
+) -> Payloads:
+    """The first `n_requests` full requests of generated traffic, serialised once.
+
+    `rate_scale` multiplies llmgen's per-series call rates so that event time in the requests
+    advances about as fast as it would for a gateway taking this load (the default: ~0.4 s of
+    event time per 64 × 512 spans), rather than minutes per request.
+    """
+    traffic = TrafficConfig(
+        seed=seed,
+        duration_s=30 * 86400.0,
+        spans_per_request=spans_per_request,
+        rate_scale=rate_scale,
+        slice_s=max(0.05, 300.0 / rate_scale),
+    )
+    wires, spans, raw = [], [], 0
+    lo, hi = 2**63, 0
     for req in itertools.islice(generate(traffic), n_requests):
         wire = req.SerializeToString()
         raw += len(wire)
         spans.append(sum(len(ss.spans) for rs in req.resource_spans for ss in rs.scope_spans))
-        bodies.append(gzip.compress(wire, 6) if gzipped else wire)
-    if not bodies:
+        for rs in req.resource_spans:
+            for ss in rs.scope_spans:
+                for sp in ss.spans:
+                    lo = min(lo, sp.start_time_unix_nano)
+                    hi = max(hi, sp.end_time_unix_nano)
+        wires.append(wire)
+    if not wires:
         raise RuntimeError("llmgen produced no requests")
-    return Payloads(bodies, spans, raw)
+    return Payloads(wires, spans, raw, cycle_ns=hi - lo + 1_000_000, gzipped=gzipped)
 
 
 # ----------------------------------------------------------------- targets
@@ -328,15 +360,16 @@ async def drive(
     sender: Any = (
         _GrpcSender(port, gzipped) if transport == "grpc" else _HttpSender(port, concurrency, gzipped)
     )
-    n = len(payloads.bodies)
+    n = len(payloads.wires)
     seq = itertools.count()
 
     async def worker() -> None:
         while not stop.is_set():  # bounded: the caller sets `stop` after warm-up + duration
-            i = next(seq) % n
+            cycle, i = divmod(next(seq), n)
+            body = payloads.body(i, cycle)
             t0 = time.perf_counter()
             try:
-                ok, resp, err = await sender.send(payloads.bodies[i])
+                ok, resp, err = await sender.send(body)
             except Exception as exc:  # connection errors count, the run goes on
                 ok, resp, err = False, b"", repr(exc)
             dt = time.perf_counter() - t0
@@ -438,7 +471,7 @@ def run(
     payloads: Payloads | None = None,
 ) -> Result:
     if payloads is None:
-        payloads = build_payloads(n_requests, spans_per_request, gzipped=gzipped)
+        payloads = build_payloads(n_requests, spans_per_request, gzipped=gzipped and transport == "http")
     with Target(target, pipeline) as t:
         c, window, cpu, client_cpu = asyncio.run(
             _run_async(t, transport, payloads, concurrency, gzipped, warmup, duration)
@@ -447,7 +480,7 @@ def run(
         target_spans = t.accepted_spans()
         rss = t.peak_rss()
     lat = np.array(c.latencies) * 1e3 if c.latencies else np.array([np.nan])
-    mean_raw = payloads.raw_bytes / len(payloads.bodies)
+    mean_raw = payloads.raw_bytes / len(payloads.wires)
     mean_spans = sum(payloads.spans) / len(payloads.spans)
     return Result(
         target=target,
