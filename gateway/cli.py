@@ -17,7 +17,7 @@ from typing import Any, TextIO
 from gateway import __version__
 from gateway.batch import Signal
 from gateway.component import Kind
-from gateway.config.model import GatewayConfig, default_config_text, load_config
+from gateway.config.model import GatewayConfig, check_workers, default_config_text, load_config
 from gateway.config.source import ConfigError
 
 EXIT_OK = 0
@@ -90,10 +90,22 @@ def build_parser() -> argparse.ArgumentParser:
         description="Start the gateway. Refuses to start (exit 2) when the config has any issue; "
         "on SIGTERM or SIGINT it stops receiving, flushes processors, drains exporters "
         "within service.shutdown_timeout and exits 0.",
-        epilog="examples:\n  sentinel run\n  sentinel run --config gateway.yaml --config local.yaml",
+        epilog="examples:\n  sentinel run\n  sentinel run --config gateway.yaml --config local.yaml\n"
+        "  sentinel run --workers 2                     one worker per core on a 2-core machine",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_config_option(run)
+    run.add_argument(
+        "--workers",
+        type=_worker_count,
+        metavar="N",
+        help="run N worker processes that share the OTLP ports (SO_REUSEPORT; the kernel spreads client "
+        "connections over them) under a supervisor that serves the admin endpoint (/readyz: all workers "
+        "ready; /metrics and /api/v1/anomalies merged), forwards SIGTERM/SIGINT and restarts a worker "
+        "that dies. Each detection series is owned by one worker, so alerts are those of one process. "
+        "File exporter paths and persistent queue directories get a worker-<i> variant. "
+        "Overrides service.workers; default 1 (a single process).",
+    )
     run.set_defaults(handler=_cmd_run)
 
     validate = sub.add_parser(
@@ -144,6 +156,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_option(replay)
     replay.set_defaults(handler=_cmd_replay)
     return parser
+
+
+def _worker_count(text: str) -> int:
+    try:
+        return check_workers(int(text))
+    except ValueError as exc:
+        msg = str(exc) if text.strip().lstrip("-").isdigit() else f"expected a whole number, got {text!r}"
+        raise argparse.ArgumentTypeError(msg) from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -283,12 +303,30 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     from gateway.telemetry import setup_logging
 
+    workers = args.workers if args.workers is not None else config.service.workers
+    if workers > 1:
+        from gateway.worker_config import multi_worker_issues
+
+        issues = multi_worker_issues(config)
+        if issues:
+            print(f"sentinel: refusing to start {workers} workers:", file=sys.stderr)
+            for issue in issues:
+                print(issue, file=sys.stderr)
+            return EXIT_USAGE
     logs = config.service.telemetry.logs
     setup_logging(logs.level, logs.format)
-    log.info(
-        "starting LLM-Sentinel",
-        extra={"fields": {"version": __version__, "config": ", ".join(config.sources)}},
-    )
+    fields: dict[str, Any] = {"version": __version__, "config": ", ".join(config.sources)}
+    if workers > 1:
+        fields["workers"] = workers
+    log.info("starting LLM-Sentinel", extra={"fields": fields})
+    if workers > 1:
+        from gateway.workers import run_supervisor
+
+        try:
+            return run_supervisor(config, args.config, workers)
+        except KeyboardInterrupt:
+            log.warning("interrupted during start-up")
+            return EXIT_INTERRUPTED
     try:
         from gateway.runtime import Gateway
 

@@ -4,6 +4,13 @@ Start: exporters → processors → receivers → admin server, so nothing is
 accepted before it can go somewhere. Shutdown reverses it: receivers stop
 accepting first, processors flush (the batch buffer), then exporter queues
 drain within `service.shutdown_timeout`.
+
+As worker i of `sentinel run --workers N` (`worker=`), the gateway is the same
+except that its admin server listens on a private unix socket, stateful
+connectors are told which worker they are (`attach_worker`, e.g. `detect`
+hands series it does not own to their owner), and only SIGTERM from the
+supervisor stops it (a terminal's SIGINT reaches the supervisor, which
+forwards it as SIGTERM).
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from gateway.config.model import GatewayConfig
 from gateway.pipeline import Graph, build_graph
 from gateway.pressure import Admission
 from gateway.telemetry import SelfTelemetry
+from gateway.worker_config import WorkerSpec
 
 log = logging.getLogger("sentinel.runtime")
 
@@ -37,12 +45,20 @@ def alert_routes(store: Any) -> list[web.RouteDef]:
 
 
 class Gateway:
-    def __init__(self, config: GatewayConfig) -> None:
+    def __init__(self, config: GatewayConfig, worker: WorkerSpec | None = None) -> None:
         self.config = config
+        self.worker = worker
         self.telemetry = SelfTelemetry()
         self.admission = Admission()
         self.graph: Graph = build_graph(config, self.telemetry, self.admission)
-        self.admin = AdminServer(config.service.telemetry.admin.endpoint, self.telemetry, self.readiness)
+        admin = config.service.telemetry.admin.endpoint
+        if worker is not None:
+            admin = f"unix:{worker.admin_socket}"
+            for conn in self.graph.connectors.values():
+                attach = getattr(conn, "attach_worker", None)
+                if attach is not None:
+                    attach(worker, config.service.shutdown_timeout / 2)
+        self.admin = AdminServer(admin, self.telemetry, self.readiness)
         self.admin.add_routes(alert_routes(self.telemetry.shared.get("alert_store")))
         self._started = False
         self._stopping = False
@@ -117,15 +133,18 @@ class Gateway:
         log.info("gateway stopped")
 
     async def run_until_stopped(self) -> None:
-        """Start, then serve until SIGTERM/SIGINT or `request_stop()`."""
+        """Start, then serve until SIGTERM/SIGINT (a worker: SIGTERM only) or `request_stop()`."""
+        signals = (signal.SIGTERM, signal.SIGINT) if self.worker is None else (signal.SIGTERM,)
+        if self.worker is not None:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
         await self.start()
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in signals:
             loop.add_signal_handler(sig, stop.set)
         self._external_stop = stop
         await stop.wait()
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in signals:
             loop.remove_signal_handler(sig)
         await self.shutdown()
 
@@ -140,6 +159,8 @@ class Gateway:
         connectors = {str(cid): c.ready() for cid, c in self.graph.connectors.items()}
         ready = self._started and not self._stopping and all(receivers.values()) and all(connectors.values())
         detail: dict[str, Any] = {"receivers": receivers, "pipelines": [p.name for p in self.graph.pipelines]}
+        if self.worker is not None:
+            detail["worker"] = self.worker.index
         if connectors:
             detail["connectors"] = connectors
         return ready, detail

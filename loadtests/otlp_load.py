@@ -3,6 +3,7 @@
     .venv/bin/python -m loadtests.otlp_load [--target gateway|naive] [--pipeline full|passthrough]
         [--transport http|grpc] [--spans-per-request 512] [--concurrency 4]
         [--duration 15] [--warmup 2] [--gzip] [--requests 64] [--json]
+        [--workers 1[,2,...]] [--grpc-channels N]
 
 Pre-serialises `--requests` ExportTraceServiceRequests of realistic GenAI traffic
 (loadtests.llmgen: HTTP root span, DB span, LLM span with gen_ai.* attributes) and
@@ -10,6 +11,14 @@ sends them round-robin with a fixed number of concurrent in-flight requests, ove
 OTLP/HTTP (aiohttp, protobuf, optionally gzip, pre-compressed) or OTLP/gRPC
 (grpc.aio raw unary calls on one channel, optional gzip), for a fixed duration
 after a warm-up. Loopback only.
+
+`--workers 1,2` runs the gateway once per worker count (`sentinel run --workers N`),
+same payloads, one after the other, and prints the ratios to the first. With
+several workers the kernel spreads *connections* over them (SO_REUSEPORT), so
+the load needs several: HTTP uses up to `--concurrency` keep-alive connections,
+gRPC `--grpc-channels` channels (default: 1 with one worker, else
+`--concurrency`), each its own TCP connection. Few connections hash unevenly
+over the workers, which shows in the numbers: use a concurrency of 8 or more.
 
 The target is started here as a subprocess on free ports and stopped at the end:
   gateway / full         `sentinel run` with the default pipeline: memory_limiter,
@@ -173,8 +182,8 @@ def gateway_config(pipeline: str, http: int, grpc_port: int, admin: int) -> dict
 class Target:
     """A target process on free loopback ports; a context manager."""
 
-    def __init__(self, kind: str, pipeline: str = "full") -> None:
-        self.kind, self.pipeline = kind, pipeline
+    def __init__(self, kind: str, pipeline: str = "full", workers: int = 1) -> None:
+        self.kind, self.pipeline, self.workers = kind, pipeline, workers
         self.http, self.grpc, self.admin = free_port(), free_port(), free_port()
         self.tmp = Path(tempfile.mkdtemp(prefix="otlp_load_"))
         self.proc: subprocess.Popen[bytes] | None = None
@@ -195,7 +204,7 @@ class Target:
         cfg.write_text(yaml.safe_dump(gateway_config(self.pipeline, self.http, self.grpc, self.admin)))
         exe = Path(sys.executable).with_name("sentinel")
         head = [str(exe)] if exe.exists() else [sys.executable, "-m", "gateway"]
-        return [*head, "run", "--config", str(cfg)]
+        return [*head, "run", "--config", str(cfg), "--workers", str(self.workers)]
 
     def __enter__(self) -> Target:
         root = Path(__file__).resolve().parents[1]
@@ -214,7 +223,22 @@ class Target:
                 self.__exit__()
                 raise RuntimeError(f"target did not listen within 60 s:\n{self.log_text()}")
             time.sleep(0.05)
+        while self.kind == "gateway" and not self._ready():  # every worker, detection kernels loaded
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.__exit__()
+                raise RuntimeError(f"target did not get ready within 60 s:\n{self.log_text()}")
+            time.sleep(0.05)
         return self
+
+    def _ready(self) -> bool:
+        import urllib.error
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(f"http://{LOOPBACK}:{self.admin}/readyz", timeout=2) as r:
+                return bool(r.status == 200)
+        except (urllib.error.URLError, OSError):
+            return False
 
     def __exit__(self, *_: Any) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -267,13 +291,35 @@ class Target:
         if self.kind == "naive":
             return int(requests.get(f"http://{LOOPBACK}:{self.http}/stats", timeout=10).json()["spans"])
         text = requests.get(f"http://{LOOPBACK}:{self.admin}/metrics", timeout=10).text
-        return int(
-            sum(
-                float(line.rsplit(" ", 1)[1])
-                for line in text.splitlines()
-                if line.startswith("otelcol_receiver_accepted_spans_total{")
-            )
+        return _accepted(text)
+
+    def worker_spans(self) -> list[int]:
+        """Spans each worker accepted (several workers), read from its private admin socket."""
+        import http.client
+
+        import requests
+
+        if self.kind != "gateway" or self.workers == 1:
+            return []
+        out = []
+        for w in requests.get(f"http://{LOOPBACK}:{self.admin}/readyz", timeout=10).json()["workers"]:
+            conn = http.client.HTTPConnection("localhost", timeout=10)
+            conn.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            conn.sock.connect(w["admin"].removeprefix("unix:"))
+            conn.request("GET", "/metrics")
+            out.append(_accepted(conn.getresponse().read().decode()))
+            conn.close()
+        return out
+
+
+def _accepted(metrics_text: str) -> int:
+    return int(
+        sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in metrics_text.splitlines()
+            if line.startswith("otelcol_receiver_accepted_spans_total{")
         )
+    )
 
 
 def _listening(port: int) -> bool:
@@ -327,25 +373,33 @@ class _HttpSender:
 
 
 class _GrpcSender:
-    def __init__(self, port: int, gzipped: bool) -> None:
+    def __init__(self, port: int, gzipped: bool, channels: int = 1) -> None:
         import grpc
 
         self.grpc = grpc
-        self.channel = grpc.aio.insecure_channel(
-            f"{LOOPBACK}:{port}",
-            options=[("grpc.max_send_message_length", MAX_MSG), ("grpc.max_receive_message_length", MAX_MSG)],
-            compression=grpc.Compression.Gzip if gzipped else None,
-        )
-        self.call = self.channel.unary_unary(TRACE_EXPORT)  # no (de)serializers: raw bytes
+        options = [("grpc.max_send_message_length", MAX_MSG), ("grpc.max_receive_message_length", MAX_MSG)]
+        if channels > 1:  # otherwise channels to one target share a single connection
+            options.append(("grpc.use_local_subchannel_pool", 1))
+        self.channels = [
+            grpc.aio.insecure_channel(
+                f"{LOOPBACK}:{port}",
+                options=options,
+                compression=grpc.Compression.Gzip if gzipped else None,
+            )
+            for _ in range(channels)
+        ]
+        # no (de)serializers: raw bytes
+        self.calls = itertools.cycle([ch.unary_unary(TRACE_EXPORT) for ch in self.channels])
 
     async def send(self, body: bytes) -> tuple[bool, bytes, str]:
         try:
-            return True, await self.call(body, timeout=60), ""
+            return True, await next(self.calls)(body, timeout=60), ""
         except self.grpc.aio.AioRpcError as exc:
             return False, b"", f"{exc.code().name}: {exc.details()}"
 
     async def close(self) -> None:
-        await self.channel.close()
+        for ch in self.channels:
+            await ch.close()
 
 
 async def drive(
@@ -356,9 +410,12 @@ async def drive(
     gzipped: bool,
     stop: asyncio.Event,
     c: Counters,
+    grpc_channels: int = 1,
 ) -> None:
     sender: Any = (
-        _GrpcSender(port, gzipped) if transport == "grpc" else _HttpSender(port, concurrency, gzipped)
+        _GrpcSender(port, gzipped, grpc_channels)
+        if transport == "grpc"
+        else _HttpSender(port, concurrency, gzipped)
     )
     n = len(payloads.wires)
     seq = itertools.count()
@@ -400,6 +457,7 @@ async def drive(
 class Result:
     target: str
     pipeline: str
+    workers: int
     transport: str
     spans_per_request: int
     concurrency: int
@@ -420,9 +478,13 @@ class Result:
     client_spans: int  # accepted over the whole run (warm-up included), per the responses
     target_spans: int  # the same, per the target's own counter
     error_samples: list[str]
+    worker_spans: list[int] = field(default_factory=list)  # per worker (how the kernel spread them)
 
     def line(self) -> str:
+        total = sum(self.worker_spans)
         name = self.target if self.target == "naive" else f"gateway/{self.pipeline}"
+        if self.workers > 1:
+            name += f" x{self.workers}"
         return (
             f"{name:<20} {self.transport:<4} {self.spans_per_request:>4} sp/req c={self.concurrency:<2}"
             f"{' gzip' if self.gzip else ''} | {self.spans_per_s:>9,.0f} spans/s"
@@ -430,6 +492,7 @@ class Result:
             f" | p50 {self.p50_ms:6.1f} ms p99 {self.p99_ms:6.1f} ms"
             f" | RSS {self.peak_rss_mib:5.0f} MiB | client CPU {self.client_cpu_s:.1f} s"
             f" | errors {self.errors} | target saw {self.target_spans:,}/{self.client_spans:,}"
+            + (f" | split {' / '.join(f'{n / total:.0%}' for n in self.worker_spans)}" if total else "")
         )
 
 
@@ -441,11 +504,12 @@ async def _run_async(
     gzipped: bool,
     warmup: float,
     duration: float,
+    grpc_channels: int = 1,
 ) -> tuple[Counters, float, float, float]:
     port = target.grpc if transport == "grpc" else target.http
     c = Counters()
     stop = asyncio.Event()
-    task = asyncio.create_task(drive(port, transport, payloads, concurrency, gzipped, stop, c))
+    task = asyncio.create_task(drive(port, transport, payloads, concurrency, gzipped, stop, c, grpc_channels))
     await asyncio.sleep(warmup)
     cpu0, me0, t0 = target.cpu_seconds(), time.process_time(), time.perf_counter()
     c.recording = True
@@ -469,15 +533,20 @@ def run(
     gzipped: bool = False,
     n_requests: int = 64,
     payloads: Payloads | None = None,
+    workers: int = 1,
+    grpc_channels: int | None = None,
 ) -> Result:
     if payloads is None:
         payloads = build_payloads(n_requests, spans_per_request, gzipped=gzipped and transport == "http")
-    with Target(target, pipeline) as t:
+    if grpc_channels is None:
+        grpc_channels = 1 if workers == 1 else concurrency
+    with Target(target, pipeline, workers) as t:
         c, window, cpu, client_cpu = asyncio.run(
-            _run_async(t, transport, payloads, concurrency, gzipped, warmup, duration)
+            _run_async(t, transport, payloads, concurrency, gzipped, warmup, duration, grpc_channels)
         )
         # the batch processor may still hold spans; the receiver counter does not wait for it
         target_spans = t.accepted_spans()
+        worker_spans = t.worker_spans()
         rss = t.peak_rss()
     lat = np.array(c.latencies) * 1e3 if c.latencies else np.array([np.nan])
     mean_raw = payloads.raw_bytes / len(payloads.wires)
@@ -485,6 +554,7 @@ def run(
     return Result(
         target=target,
         pipeline=pipeline if target == "gateway" else "-",
+        workers=workers,
         transport=transport,
         spans_per_request=spans_per_request,
         concurrency=concurrency,
@@ -505,6 +575,7 @@ def run(
         client_spans=c.total_spans,
         target_spans=target_spans,
         error_samples=c.error_samples,
+        worker_spans=worker_spans,
     )
 
 
@@ -522,21 +593,48 @@ def main(argv: list[str] | None = None) -> None:
         "--requests", type=int, default=64, help="distinct pre-serialised requests, sent round-robin"
     )
     ap.add_argument("--json", action="store_true", help="print the result as JSON")
-    args = ap.parse_args(argv)
-    res = run(
-        target=args.target,
-        pipeline=args.pipeline,
-        transport=args.transport,
-        spans_per_request=args.spans_per_request,
-        concurrency=args.concurrency,
-        duration=args.duration,
-        warmup=args.warmup,
-        gzipped=args.gzip,
-        n_requests=args.requests,
+    ap.add_argument(
+        "--workers",
+        default="1",
+        help="gateway worker processes (sentinel run --workers); a comma list runs each, same payloads",
     )
-    print(json.dumps(asdict(res)) if args.json else res.line(), flush=True)
-    if res.error_samples:
-        print("error samples:", *res.error_samples, sep="\n  ", file=sys.stderr)
+    ap.add_argument("--grpc-channels", type=int, help="gRPC connections (default: see above)")
+    args = ap.parse_args(argv)
+    counts = [int(x) for x in args.workers.split(",")]
+    if args.target == "naive" and counts != [1]:
+        ap.error("--workers applies to the gateway target")
+    payloads = build_payloads(
+        args.requests, args.spans_per_request, gzipped=args.gzip and args.transport == "http"
+    )
+    results = []
+    for workers in counts:
+        res = run(
+            target=args.target,
+            pipeline=args.pipeline,
+            transport=args.transport,
+            spans_per_request=args.spans_per_request,
+            concurrency=args.concurrency,
+            duration=args.duration,
+            warmup=args.warmup,
+            gzipped=args.gzip,
+            n_requests=args.requests,
+            payloads=payloads,
+            workers=workers,
+            grpc_channels=args.grpc_channels,
+        )
+        results.append(res)
+        print(json.dumps(asdict(res)) if args.json else res.line(), flush=True)
+        if res.error_samples:
+            print("error samples:", *res.error_samples, sep="\n  ", file=sys.stderr)
+    base = results[0]
+    for res in results[1:]:
+        if not args.json:
+            print(
+                f"{res.workers} vs {base.workers} workers: "
+                f"x{res.spans_per_s / base.spans_per_s:.2f} spans/s, "
+                f"x{res.spans_per_cpu_s / base.spans_per_cpu_s:.2f} spans/CPU-s, "
+                f"{res.target_cores:.2f} vs {base.target_cores:.2f} cores busy"
+            )
 
 
 if __name__ == "__main__":

@@ -64,10 +64,35 @@ class PipelineSpec(_Strict):
     exporters: list[str] = Field(default_factory=list)
 
 
+MAX_WORKERS = 256
+
+
 class ServiceSpec(_Strict):
     pipelines: dict[str, PipelineSpec] = Field(default_factory=dict)
     telemetry: Telemetry = Telemetry()
     shutdown_timeout: Duration = Field(default=30.0, ge=0)
+    workers: int = Field(
+        default=1,
+        description="Worker processes sharing the OTLP ports (SO_REUSEPORT), 1 to 256. 1 runs the gateway "
+        "in a single process; N > 1 runs a supervisor (admin endpoints, restarts) and N workers, each "
+        "owning the detection series that hash to it. `sentinel run --workers` overrides it. See "
+        "[operations](operations.md#multi-core-workers).",
+    )
+
+    @field_validator("workers")
+    @classmethod
+    def _workers(cls, v: int) -> int:
+        return check_workers(v)
+
+
+def check_workers(n: int) -> int:
+    """The one rule for a worker count, shared by the config and `--workers`."""
+    if not 1 <= n <= MAX_WORKERS:
+        raise ValueError(
+            f"workers must be between 1 and {MAX_WORKERS} (got {n}): 1 runs one process, "
+            "N > 1 runs a supervisor and N worker processes"
+        )
+    return n
 
 
 @dataclass(frozen=True)

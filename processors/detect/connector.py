@@ -37,7 +37,7 @@ import math
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from pydantic import Field, model_validator
@@ -53,6 +53,10 @@ from processors.detect.ensemble import warm_up as ensemble_warm_up
 from processors.detect.kernels import CUSUM_WIDTH, cusum_update
 from processors.detect.kernels import squash as squash_score
 from processors.detect.rates import RATE_WIDTH, burst_update
+
+if TYPE_CHECKING:
+    from gateway.worker_config import WorkerSpec
+    from processors.detect.routing import SeriesRouter
 
 log = logging.getLogger("sentinel.detect")
 
@@ -761,16 +765,27 @@ class DetectConnector(Connector):
         self._last_input = time.monotonic()
         self._annotator: Any = None
         self._warm_done = threading.Event()
+        self.router: SeriesRouter | None = None  # with several workers
+        self._drain_timeout = 0.0
+
+    def attach_worker(self, worker: WorkerSpec, drain_timeout: float) -> None:
+        """Run as one of several workers: series other workers own are handed to them (routing.py)."""
+        from processors.detect.routing import SeriesRouter
+
+        self.router = SeriesRouter(worker, str(self.id), self.accept, self.ctx.telemetry)
+        self._drain_timeout = drain_timeout
 
     async def start(self) -> None:
         # compile (or load cached) kernels off the event loop: start-up is not delayed
         threading.Thread(target=self._warm, name="numba-warm-up", daemon=True).start()
         if self.config.idle_advance:
             self._tick = asyncio.create_task(self._idle_loop(), name=f"{self.id}-idle")
+        if self.router is not None:
+            await self.router.start()
 
     def ready(self) -> bool:
         """Not ready until the kernels are compiled or loaded: a cold first call would block for seconds."""
-        return self._warm_done.is_set()
+        return self._warm_done.is_set() and (self.router is None or self.router.ready())
 
     def _warm(self) -> None:
         try:
@@ -784,7 +799,11 @@ class DetectConnector(Connector):
     async def shutdown(self) -> None:
         if self._tick is not None:
             self._tick.cancel()
+        if self.router is not None:  # calls still on their way from other workers come first
+            await self.router.drain(self._drain_timeout)
         await self._emit(self.detector.advance(flush=True))
+        if self.router is not None:
+            await self.router.stop()
 
     async def consume(self, batch: Batch) -> None:
         if not isinstance(batch, SpanBatch) or not len(batch):
@@ -792,8 +811,18 @@ class DetectConnector(Connector):
         if "llm" not in batch.columns:
             self._annotate(batch)
         self._last_input = time.monotonic()
+        if self.router is not None:
+            await self.router.route(CallRows.from_batch(batch))
+            return
         self.detector.ingest(batch)
         await self._emit(self.detector.advance())
+
+    async def accept(self, rows: CallRows | None, max_t_ns: int) -> None:
+        """Calls of series this worker owns, with the newest event time the sending worker saw."""
+        self._last_input = time.monotonic()
+        if rows is not None:
+            self.detector.ingest_calls(rows)
+        await self._emit(self.detector.advance(now_event_ns=max_t_ns))
 
     def _annotate(self, batch: SpanBatch) -> None:
         """No `genai` before us: extract here (without publishing metrics) rather than see nothing."""
