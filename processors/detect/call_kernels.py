@@ -12,6 +12,7 @@ changes, drift crossings) for Python to turn into events.
 from __future__ import annotations
 
 import math
+import time
 
 import numpy as np
 from numba import njit
@@ -205,3 +206,40 @@ def drift_update(
         elif psi < psi_threshold / 2:
             alarmed[s, j] = False
     return rows[:k], psis[:k], ref_mean[:k], cur_mean[:k]
+
+
+def warm_up() -> float:
+    """Compile (or load from numba's cache) these kernels with the types the detector passes."""
+    t0 = time.perf_counter()
+    n = 2
+    i64 = np.zeros(n, dtype=np.int64)
+    u64 = np.zeros(n, dtype=np.uint64)
+    bucket_points(
+        i64,
+        i64,
+        np.zeros((n, 3), dtype=np.bool_),
+        u64,
+        u64,
+        np.full(1, -1, dtype=np.int64),
+        np.zeros((1, 4)),
+        np.zeros((1, 4, 2), dtype=np.uint64),
+        np.zeros(1, dtype=np.int64),
+    )
+    model_changes(i64, i64, np.zeros((1, 4), np.int64), np.zeros((1, 4), np.int64), np.zeros(1, np.int64), 20)
+    drift_update(
+        i64,
+        i64,
+        np.ones(n, dtype=np.bool_),
+        0,
+        np.zeros((1, 2, 34)),
+        np.zeros((1, 2, 34)),
+        np.zeros((1, 2)),
+        np.zeros((1, 2)),
+        np.zeros((1, 2), dtype=np.bool_),
+        500.0,
+        0.99,
+        500.0,
+        0.25,
+        np.zeros(34),
+    )
+    return time.perf_counter() - t0

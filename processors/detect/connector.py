@@ -47,6 +47,7 @@ from gateway.batch import Batch, Signal, SpanBatch
 from gateway.component import ComponentConfig, ComponentContext, Connector, Duration, Factory, Kind
 from processors.detect.alerts import AlertStore, Deduplicator
 from processors.detect.call_kernels import bucket_points, drift_update, model_changes
+from processors.detect.call_kernels import warm_up as call_kernels_warm_up
 from processors.detect.calls import METRICS, RATES, CallRows, LatenessBuffer, SeriesKey, trace_hex
 from processors.detect.ensemble import DET_CUSUM, DETECTOR_NAMES, EnsembleParams, EnsembleState, score_batch
 from processors.detect.ensemble import warm_up as ensemble_warm_up
@@ -789,7 +790,7 @@ class DetectConnector(Connector):
 
     def _warm(self) -> None:
         try:
-            seconds = ensemble_warm_up()
+            seconds = ensemble_warm_up() + call_kernels_warm_up()
             log.info("detection kernels ready", extra={"fields": {"warm_up_s": round(seconds, 3)}})
         except Exception:  # pragma: no cover - a compile failure shows up on first use as well
             log.exception("numba warm-up failed")
