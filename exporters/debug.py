@@ -186,7 +186,7 @@ _ITEM_TITLE = {Signal.TRACES: "Span", Signal.METRICS: "Metric", Signal.LOGS: "Lo
 
 def summary_fields(batch: Batch) -> dict[str, int]:
     """The counts of the summary line, named like the Collector's ("resource spans", "spans", ...)."""
-    n_res = len(batch.resources())
+    n_res = batch.resource_count  # without parsing a batch that holds only wire bytes
     if batch.signal is Signal.METRICS:
         return {"resource_metrics": n_res, "metrics": len(batch), "data_points": batch.item_count}
     if batch.signal is Signal.TRACES:

@@ -11,7 +11,7 @@ the request (resource index, scope index, item index), which is all `take` and
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, ClassVar
 
@@ -90,17 +90,39 @@ def service_name_of(resource: Any) -> str | None:
     return None
 
 
-@dataclass
 class Batch:
-    """Columns + string table + the OTLP request they describe."""
+    """Columns + string table + the OTLP request they describe.
+
+    The request may be held only as its wire bytes (`wire`, e.g. from the fast decoder in
+    gateway.wire.traces): `request` parses them on first access. Hot paths that must not parse
+    use `resource_count`, `copy`, `concat` and the columns, which work on the bytes.
+    """
 
     layout: ClassVar[Layout]
-    request: Any
-    columns: dict[str, np.ndarray]
-    strings: StringTable = field(default_factory=StringTable)
-    string_columns: set[str] = field(default_factory=set)
-    wire: bytes | None = None  # serialized request when unchanged since receipt
-    _nbytes: int | None = None
+
+    def __init__(
+        self,
+        request: Any,
+        columns: dict[str, np.ndarray],
+        strings: StringTable | None = None,
+        string_columns: set[str] | None = None,
+        wire: bytes | None = None,
+        _nbytes: int | None = None,
+        n_resources: int | None = None,
+    ) -> None:
+        if request is None and wire is None:
+            raise ValueError("a batch needs its request or the request's wire bytes")
+        self._request = request
+        self.columns = columns
+        self.strings = strings if strings is not None else StringTable()
+        self.string_columns = string_columns if string_columns is not None else set()
+        self.wire = wire  # serialized request when unchanged since receipt
+        self._nbytes = _nbytes
+        self._n_resources = n_resources  # used only while the request is not parsed
+
+    def __repr__(self) -> str:
+        state = "parsed" if self._request is not None else "wire only"
+        return f"{type(self).__name__}({len(self)} rows, {self.resource_count} resources, {state})"
 
     # ---- construction -------------------------------------------------------
     @classmethod
@@ -110,6 +132,33 @@ class Batch:
     @classmethod
     def empty(cls) -> Batch:
         return cls.from_request(cls.layout.request_cls())
+
+    # ---- the request ----------------------------------------------------------
+    @property
+    def request(self) -> Any:
+        """The protobuf request, parsed from `wire` on first access."""
+        if self._request is None:
+            assert self.wire is not None
+            req = self.layout.request_cls()
+            req.ParseFromString(self.wire)
+            self._request = req
+        return self._request
+
+    @request.setter
+    def request(self, value: Any) -> None:
+        self._request = value
+
+    @property
+    def request_parsed(self) -> bool:
+        """False while the batch holds only wire bytes (nothing has needed the objects yet)."""
+        return self._request is not None
+
+    @property
+    def resource_count(self) -> int:
+        """ResourceSpans/-Metrics/-Logs in the request, without parsing it when it is not parsed yet."""
+        if self._request is None and self._n_resources is not None:
+            return self._n_resources
+        return len(self.resources())
 
     # ---- size ---------------------------------------------------------------
     def __len__(self) -> int:
@@ -138,6 +187,8 @@ class Batch:
 
     def mark_modified(self) -> None:
         """Call after mutating `request` in place so cached bytes are not reused."""
+        if self._request is None:
+            self.request  # noqa: B018 - parse before dropping the only copy of the data
         self.wire = None
         self._nbytes = None
 
@@ -168,9 +219,14 @@ class Batch:
             self.string_columns.add(name)
 
     def copy(self) -> Batch:
-        """An independent copy, so a processor in one pipeline cannot change another's data."""
-        req = self.layout.request_cls()
-        req.CopyFrom(self.request)
+        """An independent copy, so a processor in one pipeline cannot change another's data.
+
+        An unparsed batch shares its (immutable) wire bytes and stays unparsed.
+        """
+        req = None
+        if self._request is not None:
+            req = self.layout.request_cls()
+            req.CopyFrom(self._request)
         return type(self)(
             request=req,
             columns={k: v.copy() for k, v in self.columns.items()},
@@ -178,6 +234,7 @@ class Batch:
             string_columns=set(self.string_columns),
             wire=self.wire,
             _nbytes=self._nbytes,
+            n_resources=self._n_resources,
         )
 
     # ---- reshaping ----------------------------------------------------------
@@ -229,15 +286,24 @@ class Batch:
 
     @classmethod
     def concat(cls, batches: Sequence[Batch]) -> Batch:
-        """One batch holding all rows of `batches`, in order; string tables are merged."""
-        batches = [b for b in batches if len(b) or len(b.resources())]
+        """One batch holding all rows of `batches`, in order; string tables are merged.
+
+        When every batch still has its wire bytes the result is their concatenation (an Export
+        request is a single repeated field, so joined messages parse as the joined lists) and
+        nothing is parsed.
+        """
+        batches = [b for b in batches if len(b) or b.resource_count]
         if not batches:
             return cls.empty()
         if len(batches) == 1:
             return batches[0]
         lay = cls.layout
-        req = lay.request_cls()
-        dst = getattr(req, lay.resource_field)
+        wires = [b.wire for b in batches]
+        req = None
+        dst = None
+        if any(w is None for w in wires):
+            req = lay.request_cls()
+            dst = getattr(req, lay.resource_field)
         strings = StringTable()
         names = set(batches[0].columns)
         for b in batches[1:]:
@@ -246,7 +312,9 @@ class Batch:
         parts: dict[str, list[np.ndarray]] = {n: [] for n in names}
         res_offset = 0
         for b in batches:
-            dst.extend(b.resources())
+            n_res = b.resource_count
+            if dst is not None:
+                dst.extend(b.resources())
             remap = np.fromiter((strings.intern(v) for v in b.strings.values), np.int32, len(b.strings))
             for n in names:
                 col = b.columns[n]
@@ -257,9 +325,12 @@ class Batch:
                         np.int32
                     )
                 parts[n].append(col)
-            res_offset += len(b.resources())
+            res_offset += n_res
         cols = {n: np.concatenate(p) for n, p in parts.items()}
-        return cls(request=req, columns=cols, strings=strings, string_columns=str_cols)
+        if req is not None:
+            return cls(request=req, columns=cols, strings=strings, string_columns=str_cols)
+        wire = b"".join(w for w in wires if w is not None)
+        return cls(None, cols, strings, str_cols, wire=wire, n_resources=res_offset)
 
     def split(self, max_items: int) -> list[Batch]:
         """Chunks of at most `max_items` rows (by item count), in order."""

@@ -15,10 +15,12 @@ class OtlpReceiver(Receiver):
     def __init__(self, ctx: ComponentContext, config: OtlpReceiverConfig) -> None:
         super().__init__(ctx, config)
         self._servers: dict[str, Any] = {}
+        self._handler: ExportHandler | None = None
 
     async def start(self) -> None:
         # Imported here so a config using only HTTP never loads grpc (and vice versa).
-        handler = ExportHandler(self.ctx, self.consumers)
+        handler = self._handler = ExportHandler(self.ctx, self.consumers, self.config.wire_decoder)
+        handler.start_warm_up()
         protocols = self.config.protocols
         try:
             if protocols.grpc is not None:
@@ -46,7 +48,8 @@ class OtlpReceiver(Receiver):
     def listening(self) -> bool:
         p = self.config.protocols
         wanted = {name for name in ("grpc", "http") if getattr(p, name) is not None}
-        return wanted == set(self._servers)
+        warm = self._handler is not None and self._handler.ready()  # decoder compiled before /readyz
+        return wanted == set(self._servers) and warm
 
     def endpoints(self) -> dict[str, str]:
         return {name: s.bound for name, s in self._servers.items()}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ssl
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -121,6 +122,12 @@ class Protocols(ComponentConfig):
 
 class OtlpReceiverConfig(ComponentConfig):
     protocols: Protocols
+    wire_decoder: Literal["fast", "reference"] = Field(
+        default="fast",
+        description="Protobuf traces: `fast` reads the wire bytes with a compiled decoder (falling back "
+        "to the protobuf library for anything it cannot prove it decodes identically); `reference` "
+        "always parses with the protobuf library.",
+    )
 
     @field_validator("protocols", mode="before")
     @classmethod

@@ -4,12 +4,17 @@ Both transports call `ExportHandler.handle`: decode (protobuf or JSON), drop
 structurally invalid items into `partial_success`, push the rest into the
 pipeline and count what was accepted or refused. Errors come back as typed
 exceptions that each transport maps to its own status codes.
+
+Protobuf traces take the fast path by default (gateway.wire.traces: columns straight
+from the wire bytes, the request parsed only if a later stage needs it); whatever it
+declines goes through the protobuf library, so malformed input gets the library's error.
 """
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2 as logs_pb
@@ -19,6 +24,8 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2 as trace_pb
 from gateway import otlpjson
 from gateway.batch import BATCH_TYPES, OTLP_SIGNALS, Batch, Signal, SpanBatch
 from gateway.component import ComponentContext, Consumer
+from gateway.wire import json_traces
+from gateway.wire import traces as wire_traces
 
 REQUEST_TYPES: dict[Signal, type[Any]] = {
     Signal.TRACES: trace_pb.ExportTraceServiceRequest,
@@ -77,9 +84,16 @@ def decode_request(signal: Signal, payload: bytes, json: bool) -> Any:
 class ExportHandler:
     """Shared by the gRPC and HTTP servers of one receiver."""
 
-    def __init__(self, ctx: ComponentContext, consumers: dict[Signal, Consumer]) -> None:
+    def __init__(
+        self,
+        ctx: ComponentContext,
+        consumers: dict[Signal, Consumer],
+        wire_decoder: Literal["fast", "reference"] = "fast",
+    ) -> None:
         self.ctx = ctx
         self.consumers = consumers
+        self.fast = wire_decoder == "fast"
+        self._warm_done = threading.Event()
         tel = ctx.telemetry
         self._accepted = {
             (s, t): tel.receiver_accepted[s].labels(receiver=str(ctx.id), transport=t)
@@ -92,6 +106,41 @@ class ExportHandler:
             for t in ("grpc", "http")
         }
 
+    def start_warm_up(self) -> None:
+        """Compile (or load cached) the decoder off the event loop; `ready()` turns True when done."""
+        if not self.fast:
+            self._warm_done.set()
+            return
+        json_traces.start_warm_up()  # JSON traces use otlpjson until the transcoder is loaded
+        threading.Thread(target=self._warm, name="wire-decoder-warm-up", daemon=True).start()
+
+    def ready(self) -> bool:
+        """False until the decoder is compiled: a cold first request would block for seconds."""
+        return self._warm_done.is_set() and (not self.fast or json_traces.ready())
+
+    def _warm(self) -> None:
+        try:
+            seconds = wire_traces.warm_up()
+            self.ctx.logger.info("wire decoder ready", extra={"fields": {"warm_up_s": round(seconds, 3)}})
+        except Exception:  # pragma: no cover - every request then takes the reference path
+            self.ctx.logger.exception("wire decoder warm-up failed; using the protobuf library")
+            self.fast = False
+        finally:
+            self._warm_done.set()
+
+    def decode(self, signal: Signal, payload: bytes, json: bool) -> Batch:
+        """The batch of one request body; raises InvalidRequestError when it does not decode."""
+        if json and self.fast and signal is Signal.TRACES and json_traces.usable():
+            wire = json_traces.transcode_traces(payload)  # exact protobuf bytes, or None: otlpjson
+            if wire is not None:
+                payload, json = wire, False
+        if self.fast and signal is Signal.TRACES and not json:
+            batch = wire_traces.decode_spans(payload)
+            if batch is not None:
+                return batch
+        request = decode_request(signal, payload, json)
+        return BATCH_TYPES[signal].from_request(request, wire=None if json else payload)
+
     def refuse_count(self, signal: Signal, transport: str, n: int) -> None:
         if n:
             self._refused[(signal, transport)].inc(n)
@@ -101,8 +150,7 @@ class ExportHandler:
         consumer = self.consumers.get(signal)
         if consumer is None:
             raise SignalNotEnabledError(f"this receiver has no pipeline for {signal.value}")
-        request = decode_request(signal, payload, json)
-        batch: Batch = BATCH_TYPES[signal].from_request(request, wire=None if json else payload)
+        batch = self.decode(signal, payload, json)
         rejected, message = 0, ""
         if isinstance(batch, SpanBatch):
             bad, reasons = batch.invalid_reasons()
