@@ -44,12 +44,14 @@ run: setup
 demo: setup
 	$(BIN)/python -m loadtests.demo
 
-# The servers hook runs only if present; its `stop` runs even when tests fail,
+# Kernels are compiled into numba's cache first (once per checkout, then ~1 s), so no test's
+# gateway start waits on LLVM. The servers hook runs only if present; its `stop` runs even when tests fail,
 # and the recipe exits with pytest's status either way.
 test: setup
 	@status=0; \
 	if [ -x "$(TEST_SERVERS)" ]; then "$(TEST_SERVERS)" start || exit $$?; fi; \
-	$(BIN)/python -m pytest -q --timeout=$(TEST_TIMEOUT) $(PYTEST_ARGS) || status=$$?; \
+	$(BIN)/sentinel warm-up || status=$$?; \
+	[ $$status -ne 0 ] || $(BIN)/python -m pytest -q --timeout=$(TEST_TIMEOUT) $(PYTEST_ARGS) || status=$$?; \
 	if [ -x "$(TEST_SERVERS)" ]; then "$(TEST_SERVERS)" stop || true; fi; \
 	exit $$status
 

@@ -116,7 +116,7 @@ cmd_warm() {
     mkdir -p "$NUMBA_CACHE_DIR"
     (
         cd /
-        "$venv/bin/python" -c 'from processors.detect.ensemble import warm_up; print(f"numba warm-up {warm_up():.1f}s")'
+        "$venv/bin/sentinel" warm-up
     )
     [ -n "$(find "$NUMBA_CACHE_DIR" -name '*.nbi' -print -quit)" ] ||
         die "no numba index (*.nbi) written to $NUMBA_CACHE_DIR"
