@@ -8,10 +8,13 @@ over). Batches above `send_batch_max_size` are split. Once a batch has left the
 buffer the client has already been answered, so a failure downstream can only
 be logged and counted; exporters' sending queues are what retry.
 
-The buffer is bounded (`max_buffered_items`, default 4 * `send_batch_size`):
-beyond it `consume()` waits for the sender, which pushes back on receivers
-instead of letting memory grow. Buffered bytes are reported to admission so the
-memory limiter sees them.
+The buffer is bounded (`max_buffered_items`, default 4 * `send_batch_size`).
+While it is full, receivers refuse new requests of its signal before decoding them
+(an admission throttle: 429 / UNAVAILABLE + RetryInfo), and a request already past
+admission waits for the sender at most `MAX_WAIT_FOR_SPACE_S` before it is refused
+the same way: a client must get an answer well before its own timeout, or it sends
+again data the gateway may still accept, and the spans arrive twice. Buffered bytes
+are reported to admission so the memory limiter sees them.
 """
 
 from __future__ import annotations
@@ -36,6 +39,10 @@ from gateway.component import (
 )
 
 _LOG_EVERY_S = 10.0  # at most one "send failed" log line per this many seconds
+MAX_WAIT_FOR_SPACE_S = 2.0
+"""How long consume() waits for room in a full buffer before refusing: OTLP SDKs time out
+after 10 s by default, Collectors after 5 s, and the request may have waited for the CPU
+before it got here."""
 
 
 class BatchConfig(ComponentConfig):
@@ -114,6 +121,7 @@ class BatchProcessor(Processor):
             self._task = None
         elif self._buf:  # never started: flush inline
             await self._send_all("shutdown")
+        self.ctx.admission.unthrottle(self._held_key)
         self._report_pending_failures()
 
     def _ensure_sender(self) -> None:
@@ -137,8 +145,7 @@ class BatchProcessor(Processor):
                 retry_after=max(self._refused_hint, 1.0),
             )
         if self._items >= self.config.buffer_limit:
-            async with self._space:
-                await self._space.wait_for(lambda: self._closing or self._items < self.config.buffer_limit)
+            await self._wait_for_space()
             if self._closing:
                 await self.next_consumer.consume(batch)
                 return
@@ -149,8 +156,30 @@ class BatchProcessor(Processor):
         self._items += batch.item_count
         self._bytes += batch.nbytes
         self._report_held()
+        if self._items >= self.config.buffer_limit:
+            self.ctx.admission.throttle(
+                self._held_key,
+                batch.signal,
+                f"batch buffer of {self.id} in pipeline {self.ctx.pipeline} is full; retry later",
+                retry_after=max(self._refused_hint or 1.0, 1.0),
+            )
         if self._items >= self.config.send_batch_size or self.config.timeout == 0:
             self._wake.set()
+
+    async def _wait_for_space(self) -> None:
+        """Wait (bounded) until the sender made room; ThrottledError when it did not in time."""
+        limit = self.config.buffer_limit
+        async with self._space:
+            try:
+                await asyncio.wait_for(
+                    self._space.wait_for(lambda: self._closing or self._items < limit), MAX_WAIT_FOR_SPACE_S
+                )
+            except TimeoutError:
+                raise ThrottledError(
+                    f"batch buffer of {self.id} stayed full for {MAX_WAIT_FOR_SPACE_S:g}s: the pipeline "
+                    "behind it is slower than the data arriving; retry later",
+                    retry_after=1.0,
+                ) from None
 
     # ---------------------------------------------------------------- sender
     async def _run(self) -> None:
@@ -223,6 +252,8 @@ class BatchProcessor(Processor):
     async def _released(self) -> None:
         """The buffer shrank: update admission and let waiting consumers in."""
         self._report_held()
+        if self._items < self.config.buffer_limit:
+            self.ctx.admission.unthrottle(self._held_key)
         async with self._space:
             self._space.notify_all()
 

@@ -12,7 +12,19 @@ against the budget even though its decoded form is part of the RSS already,
 which makes the limiter err on the side of refusing early).
 
 The verdict lives on the shared `Admission`, so receivers refuse before even
-decoding a request. Processors are built once per pipeline, but there is one
+decoding a request.
+
+Refusing only helps while there is data to shed. Python rarely hands freed heap back
+to the OS, so after a burst the RSS of an idle gateway (its working set: libraries,
+compiled kernels, allocator arenas) can stay above a soft limit set too low, and a
+limiter looking at RSS alone would refuse forever. When the limiter has refused for
+longer than the Retry-After it gave, with nothing queued, buffered or in flight, it
+forces a GC, and if that does not help it takes the idle usage as the new floor: it
+accepts again and from then on refuses once data pushes usage halfway from that floor
+to the hard limit (warning that `limit_mib` is below the working set).
+
+`request_limit_mib` bounds the bytes of requests being decoded and processed at once
+(see `gateway.pressure`). Processors are built once per pipeline, but there is one
 `Admission` per gateway: all instances sharing it register with a single
 checker, which applies the strictest limits among them, instead of each one
 flipping the shared flag on its own schedule.
@@ -23,7 +35,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
-import ctypes.util
 import gc
 import logging
 import os
@@ -31,7 +42,6 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import psutil
 from pydantic import Field, model_validator
 
 from gateway.batch import Batch
@@ -39,6 +49,7 @@ from gateway.component import ComponentConfig, ComponentContext, Duration, Facto
 from gateway.pressure import Admission
 
 MIB = 1024 * 1024
+_FLOOR_WARNING_EVERY_S = 60.0
 _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
@@ -49,11 +60,15 @@ def _read_rss() -> int:
         with open("/proc/self/statm", "rb") as f:
             return int(f.read().split()[1]) * _PAGE_SIZE
     except (OSError, IndexError, ValueError):
+        import psutil  # not at import time: ~30 ms of every start, and Linux never needs it here
+
         return int(psutil.Process().memory_info().rss)
 
 
 def _read_total_memory() -> int:
     """Memory available to this process: the cgroup limit when one is set (containers), else the host's."""
+    import psutil
+
     total = int(psutil.virtual_memory().total)
     for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
         try:
@@ -74,9 +89,11 @@ total_memory = _read_total_memory
 
 
 def _load_malloc_trim() -> Any:
-    name = ctypes.util.find_library("c")
+    """glibc's malloc_trim from the symbols already loaded into the process (None elsewhere).
+
+    Not `ctypes.util.find_library("c")`: that runs ldconfig, ~50 ms of every start."""
     try:
-        return ctypes.CDLL(name).malloc_trim if name else None
+        return ctypes.CDLL(None).malloc_trim
     except (OSError, AttributeError):
         return None
 
@@ -103,6 +120,12 @@ class MemoryLimiterConfig(ComponentConfig):
     )
     limit_percentage: int = Field(default=0, ge=0, le=100, description="Hard limit as % of total memory.")
     spike_limit_percentage: int = Field(default=0, ge=0, le=100, description="Spike as % of total memory.")
+    request_limit_mib: float = Field(
+        default=0,
+        ge=0,
+        description="Bytes of requests decoded and processed at once, across receivers; beyond it "
+        "requests are refused at once (429 / UNAVAILABLE) before decoding. 0 = no limit.",
+    )
     min_gc_interval_when_soft_limited: Duration = Field(
         default=10.0,
         ge=0,
@@ -166,6 +189,9 @@ class MemoryChecker:
         self.members: dict[int, tuple[Limits, MemoryLimiterConfig]] = {}
         self.refusing = False
         self.last_gc = float("-inf")
+        self.refusing_since = 0.0
+        self.floor = 0  # idle usage above the soft limit that refusing could not shed (bytes); 0 = none
+        self.last_floor_warning = float("-inf")
         self._task: asyncio.Task[None] | None = None
 
     # effective settings: the strictest of all members
@@ -183,6 +209,7 @@ class MemoryChecker:
 
     def add(self, member: object, limits: Limits, cfg: MemoryLimiterConfig) -> None:
         self.members[id(member)] = (limits, cfg)
+        self._apply_request_limit()
         self.check()
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name="memory-limiter-check")
@@ -190,6 +217,7 @@ class MemoryChecker:
     async def remove(self, member: object) -> bool:
         """Unregister; returns True when this was the last member and the checker stopped."""
         self.members.pop(id(member), None)
+        self._apply_request_limit()
         if self.members:
             return False
         if self._task is not None:
@@ -202,6 +230,19 @@ class MemoryChecker:
             self.admission.refusing = False
             self.admission.reason = ""
         return True
+
+    def _apply_request_limit(self) -> None:
+        """The strictest non-zero request budget of the members (0 when none sets one)."""
+        budgets = [cfg.request_limit_mib for _, cfg in self.members.values() if cfg.request_limit_mib]
+        self.admission.request_limit = int(min(budgets) * MIB) if budgets else 0
+
+    def soft_limit(self, lim: Limits) -> int:
+        """The soft limit, raised to halfway from the idle floor to the hard limit once one is known
+        (by half the spike when the floor is above the hard limit already)."""
+        if not self.floor:
+            return lim.soft
+        headroom = lim.hard - self.floor if self.floor < lim.hard else lim.spike
+        return max(lim.soft, self.floor + headroom // 2)
 
     async def _run(self) -> None:
         while True:
@@ -236,29 +277,61 @@ class MemoryChecker:
                     f"now {_mib(sum(after))}"
                 )
                 rss, held = after
-        refuse = rss + held >= lim.soft
+        if self.floor and self.admission.idle() and rss + held < lim.soft:
+            self.floor = 0  # memory really went back: the configured soft limit applies again
+        soft = self.soft_limit(lim)
+        refuse = rss + held >= soft
         if refuse and not self.refusing:
             # entering the limited state: a GC may be enough to stay out of it
             after = self._maybe_gc(self._setting("min_gc_interval_when_soft_limited"))
             if after is not None:
                 rss, held = after
-                refuse = rss + held >= lim.soft
+                refuse = rss + held >= soft
+        if refuse and self.refusing:
+            refuse, rss, held = self._still_refuse(lim, rss, held)
+            soft = self.soft_limit(lim)
         if refuse:
             self.admission.reason = (
                 f"memory limiter: usage {_mib(rss + held)} (rss {_mib(rss)} + queued {_mib(held)}) "
-                f"is above the soft limit {_mib(lim.soft)} "
+                f"is above the soft limit {_mib(soft)} "
                 f"(limit {_mib(lim.hard)} - spike {_mib(lim.spike)}); retry later"
             )
             self.admission.retry_after = self.retry_after
         if refuse and not self.refusing:
+            self.refusing_since = time.monotonic()
             self.logger.warning(f"refusing data: {self.admission.reason}")
         elif self.refusing and not refuse:
             self.logger.info(
-                f"memory usage {_mib(rss + held)} is back below the soft limit {_mib(lim.soft)}; "
-                "accepting data"
+                f"memory usage {_mib(rss + held)} is back below the soft limit {_mib(soft)}; accepting data"
             )
         self.refusing = refuse
         self.admission.refusing = refuse
+
+    def _still_refuse(self, lim: Limits, rss: int, held: int) -> tuple[bool, int, int]:
+        """Keep refusing only while that can still free memory.
+
+        Once clients had the time we asked them to wait and nothing is queued, buffered or in
+        flight, what remains above the limit is the process's own working set: a GC gets one
+        chance, then the idle usage becomes the floor the soft limit is raised from.
+        """
+        if time.monotonic() - self.refusing_since < self.retry_after or not self.admission.idle():
+            return True, rss, held
+        free_memory()
+        self.last_gc = time.monotonic()
+        rss, held = self.usage()
+        if rss + held < lim.soft:
+            return False, rss, held
+        self.floor = rss + held
+        now = time.monotonic()
+        if now - self.last_floor_warning >= _FLOOR_WARNING_EVERY_S:
+            self.last_floor_warning = now
+            self.logger.warning(
+                f"memory usage {_mib(self.floor)} stays above the soft limit {_mib(lim.soft)} with nothing "
+                f"queued or in flight: that is the gateway's working set, not data; accepting again and "
+                f"refusing above {_mib(self.soft_limit(lim))} from now on. Raise limit_mib to at least "
+                f"{_mib(self.floor + lim.spike)} to keep the configured headroom"
+            )
+        return rss + held >= self.soft_limit(lim), rss, held
 
 
 _CHECKERS: dict[int, MemoryChecker] = {}  # id(admission) → checker; entries hold the admission alive

@@ -197,9 +197,10 @@ class HttpServer:
                 f"unsupported Content-Type {ctype or '(none)'!r}; use {PROTOBUF} or {JSON}",
             )
         try:
-            self.admission.check()
-            body = await read_body(request, self.limit)
-            result = await self.handler.handle(signal, body, json=as_json, transport="http")
+            with self.admission.admit(request.content_length or 0, signal) as reservation:
+                body = await read_body(request, self.limit)
+                reservation.resize(len(body))
+                result = await self.handler.handle(signal, body, json=as_json, transport="http")
         except BodyTooLarge as exc:
             return self._status(as_json, 413, code_pb2.RESOURCE_EXHAUSTED, str(exc), Connection="close")
         except BadEncoding as exc:
