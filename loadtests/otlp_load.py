@@ -3,7 +3,7 @@
     .venv/bin/python -m loadtests.otlp_load [--target gateway|naive] [--pipeline full|passthrough]
         [--transport http|grpc] [--spans-per-request 512] [--concurrency 4]
         [--duration 15] [--warmup 2] [--gzip] [--requests 64] [--json]
-        [--workers 1[,2,...]] [--grpc-channels N]
+        [--workers 1[,2,...]] [--grpc-channels N] [--rate SPANS_PER_S]
 
 Pre-serialises `--requests` ExportTraceServiceRequests of realistic GenAI traffic
 (loadtests.llmgen: HTTP root span, DB span, LLM span with gen_ai.* attributes) and
@@ -411,7 +411,11 @@ async def drive(
     stop: asyncio.Event,
     c: Counters,
     grpc_channels: int = 1,
+    rate: float = 0.0,
 ) -> None:
+    """Closed loop (`concurrency` requests back to back) or, with `rate` > 0 spans/s, paced:
+    request k is due at k × (spans per request ÷ rate) and waits for its slot (open loop
+    up to `concurrency` in flight), so latency is measured at a chosen load."""
     sender: Any = (
         _GrpcSender(port, gzipped, grpc_channels)
         if transport == "grpc"
@@ -419,10 +423,17 @@ async def drive(
     )
     n = len(payloads.wires)
     seq = itertools.count()
+    interval = (sum(payloads.spans) / n) / rate if rate > 0 else 0.0
+    started = time.perf_counter()
 
     async def worker() -> None:
         while not stop.is_set():  # bounded: the caller sets `stop` after warm-up + duration
-            cycle, i = divmod(next(seq), n)
+            k = next(seq)
+            if interval:
+                delay = started + k * interval - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+            cycle, i = divmod(k, n)
             body = payloads.body(i, cycle)
             t0 = time.perf_counter()
             try:
@@ -505,11 +516,14 @@ async def _run_async(
     warmup: float,
     duration: float,
     grpc_channels: int = 1,
+    rate: float = 0.0,
 ) -> tuple[Counters, float, float, float]:
     port = target.grpc if transport == "grpc" else target.http
     c = Counters()
     stop = asyncio.Event()
-    task = asyncio.create_task(drive(port, transport, payloads, concurrency, gzipped, stop, c, grpc_channels))
+    task = asyncio.create_task(
+        drive(port, transport, payloads, concurrency, gzipped, stop, c, grpc_channels, rate)
+    )
     await asyncio.sleep(warmup)
     cpu0, me0, t0 = target.cpu_seconds(), time.process_time(), time.perf_counter()
     c.recording = True
@@ -535,6 +549,7 @@ def run(
     payloads: Payloads | None = None,
     workers: int = 1,
     grpc_channels: int | None = None,
+    rate: float = 0.0,
 ) -> Result:
     if payloads is None:
         payloads = build_payloads(n_requests, spans_per_request, gzipped=gzipped and transport == "http")
@@ -542,7 +557,7 @@ def run(
         grpc_channels = 1 if workers == 1 else concurrency
     with Target(target, pipeline, workers) as t:
         c, window, cpu, client_cpu = asyncio.run(
-            _run_async(t, transport, payloads, concurrency, gzipped, warmup, duration, grpc_channels)
+            _run_async(t, transport, payloads, concurrency, gzipped, warmup, duration, grpc_channels, rate)
         )
         # the batch processor may still hold spans; the receiver counter does not wait for it
         target_spans = t.accepted_spans()
@@ -599,6 +614,13 @@ def main(argv: list[str] | None = None) -> None:
         help="gateway worker processes (sentinel run --workers); a comma list runs each, same payloads",
     )
     ap.add_argument("--grpc-channels", type=int, help="gRPC connections (default: see above)")
+    ap.add_argument(
+        "--rate",
+        type=float,
+        default=0.0,
+        help="offer this many spans/s (paced, at most --concurrency in flight) instead of back to back; "
+        "use it for latency at a given load, e.g. half the peak a closed-loop run reached",
+    )
     args = ap.parse_args(argv)
     counts = [int(x) for x in args.workers.split(",")]
     if args.target == "naive" and counts != [1]:
@@ -621,6 +643,7 @@ def main(argv: list[str] | None = None) -> None:
             payloads=payloads,
             workers=workers,
             grpc_channels=args.grpc_channels,
+            rate=args.rate,
         )
         results.append(res)
         print(json.dumps(asdict(res)) if args.json else res.line(), flush=True)
