@@ -58,6 +58,7 @@ processors:
     replacement: "[REDACTED:{type}]"
     summary: true
     max_value_length: 1048576       # characters; 0 = no limit
+    fast_path: true                 # false: always the reference walk (see below)
 ```
 Custom patterns run after the built-in detectors, each in its own pass, with
 no prefilter; a regex that does not compile, or matches the empty string, is a
@@ -73,6 +74,20 @@ another masks. Put `redact` first in the processor list of every pipeline that
 leaves the gateway: data is then masked before any other processor or exporter
 looks at it.
 
+Fast path
+---------
+A batch received as protobuf keeps its wire bytes (`batch.wire`). A numba walk
+over them (`wire_scan`) flags the items redaction could change, from exact key
+verdicts and necessary conditions of every enabled detector (`conditions`); a
+batch with nothing flagged is passed on untouched (request not even parsed),
+otherwise the reference walk above runs on the flagged items only. The result is
+the same as the reference's, byte for byte (the tests hold it to that). Custom
+patterns from which no necessary literal condition can be derived (say `\d{4}`),
+batches without wire bytes (changed by an earlier processor, or OTLP/JSON the
+receiver did not transcode) and bytes the walk does not expect take the
+reference path; so does the time until the kernels are compiled or loaded (a
+thread started with the processor does it; `sentinel warm-up` fills the cache).
+
 Work is synchronous on the event loop; on any unexpected error the batch is not
 passed on (fail closed).
 """
@@ -81,7 +96,8 @@ from __future__ import annotations
 
 import fnmatch
 import re
-from collections.abc import Iterable
+import threading
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from prometheus_client import Counter
@@ -90,6 +106,7 @@ from pydantic import Field, field_validator, model_validator
 from gateway.batch import Batch, LogBatch, MetricBatch, Signal, SpanBatch
 from gateway.component import ComponentConfig, ComponentContext, Processor
 from gateway.telemetry import SelfTelemetry
+from processors.redact import conditions, wire_scan
 from processors.redact.patterns import (
     BUILTIN_TYPES,
     CATEGORIES,
@@ -180,6 +197,11 @@ class RedactConfig(ComponentConfig):
     replacement: str = "[REDACTED:{type}]"
     summary: bool = True
     max_value_length: int = Field(default=1 << 20, ge=0)
+    fast_path: bool = Field(
+        default=True,
+        description="Prefilter protobuf input on its wire bytes and skip items nothing can match; "
+        "false forces the reference walk over every item (same output, more CPU).",
+    )
 
     @field_validator("replacement")
     @classmethod
@@ -289,15 +311,42 @@ class RedactProcessor(Processor):
         self.summary = config.summary
         self._counter = redactions_counter(ctx.telemetry)
         self._children: dict[str, Any] = {}
+        self.wire: wire_scan.WireScanner | None = None
+        if config.fast_path:
+            tables = conditions.build(cats, [p.regex for p in custom], config.max_value_length)
+            if tables is not None:
+                self.wire = wire_scan.WireScanner(tables, self.keys.action)
+            else:
+                self.logger.warning(
+                    "redact fast path off: no necessary condition can be derived for a custom pattern "
+                    "(or patterns.py changed since conditions.py was derived); every batch takes the "
+                    "reference walk"
+                )
+        self._warm: threading.Event | None = None  # set once the kernels are compiled or loaded
+
+    async def start(self) -> None:
+        if self.wire is not None and self._warm is None:
+            self._warm = threading.Event()
+            threading.Thread(target=self._warm_up, name="redact-warm-up", daemon=True).start()
+
+    def _warm_up(self) -> None:
+        assert self._warm is not None
+        try:
+            wire_scan.warm_up()
+        finally:
+            self._warm.set()
 
     async def consume(self, batch: Batch) -> None:
         totals: Tally = {}
-        if isinstance(batch, SpanBatch):
-            changed = self._spans(batch, totals)
+        plan = self._plan(batch)
+        if plan is not None and plan.clean:
+            changed = False
+        elif isinstance(batch, SpanBatch):
+            changed = self._spans(batch, totals, plan)
         elif isinstance(batch, LogBatch):
-            changed = self._logs(batch, totals)
+            changed = self._logs(batch, totals, plan)
         elif isinstance(batch, MetricBatch):
-            changed = self._metrics(batch, totals)
+            changed = self._metrics(batch, totals, plan)
         else:  # pragma: no cover - the three batch types are all there is
             changed = False
         if changed:
@@ -305,10 +354,31 @@ class RedactProcessor(Processor):
             self._count(totals)
         await self.next_consumer.consume(batch)
 
+    def _plan(self, batch: Batch) -> wire_scan.Plan | None:
+        """What the wire prefilter leaves to the reference; None: all of it."""
+        if self.wire is None or batch.wire is None:
+            return None
+        if self._warm is None:  # never started (used directly): load the kernels now
+            wire_scan.warm_up()
+        elif not self._warm.is_set():
+            return None  # still compiling: the reference path meanwhile
+        return self.wire.plan(batch)
+
     # ------------------------------------------------------------ per signal
-    def _spans(self, batch: SpanBatch, totals: Tally) -> bool:
-        changed = self._resources(batch, totals)
-        for span in batch.iter_items():
+    def _items(self, batch: Batch, plan: wire_scan.Plan | None) -> Iterator[Any]:
+        """Every item, or only those the prefilter flagged."""
+        if plan is None:
+            yield from batch.iter_items()
+            return
+        c, lay, rows = batch.columns, batch.layout, plan.rows
+        resources = batch.resources()
+        res_idx, scope_idx, item_idx = (c[k][rows].tolist() for k in ("res_idx", "scope_idx", "item_idx"))
+        for r, s, i in zip(res_idx, scope_idx, item_idx, strict=True):
+            yield getattr(getattr(resources[r], lay.scope_field)[s], lay.item_field)[i]
+
+    def _spans(self, batch: SpanBatch, totals: Tally, plan: wire_scan.Plan | None = None) -> bool:
+        changed = self._resources(batch, totals) if plan is None or plan.resources else False
+        for span in self._items(batch, plan):
             t: Tally = {}
             self._attrs(span.attributes, t)
             for ev in span.events:
@@ -324,9 +394,9 @@ class RedactProcessor(Processor):
                 self._finish_item(span.attributes, t, totals)
         return changed
 
-    def _logs(self, batch: LogBatch, totals: Tally) -> bool:
-        changed = self._resources(batch, totals)
-        for rec in batch.iter_items():
+    def _logs(self, batch: LogBatch, totals: Tally, plan: wire_scan.Plan | None = None) -> bool:
+        changed = self._resources(batch, totals) if plan is None or plan.resources else False
+        for rec in self._items(batch, plan):
             t: Tally = {}
             if rec.HasField("body"):
                 self._value(rec.body, t)
@@ -336,10 +406,11 @@ class RedactProcessor(Processor):
                 self._finish_item(rec.attributes, t, totals)
         return changed
 
-    def _metrics(self, batch: MetricBatch, totals: Tally) -> bool:
+    def _metrics(self, batch: MetricBatch, totals: Tally, plan: wire_scan.Plan | None = None) -> bool:
         t: Tally = {}
-        self._resources(batch, t)
-        for metric in batch.iter_items():
+        if plan is None or plan.resources:
+            self._resources(batch, t)
+        for metric in self._items(batch, plan):
             kind = metric.WhichOneof("data")
             if kind is None:
                 continue
