@@ -287,7 +287,9 @@ def llm_registry(n_series: int) -> SelfTelemetry:
             output_tokens=rng.integers(1, 1000, n_series).astype(np.float64),
             cost_usd=rng.random(n_series) / 100,
             outcome=np.zeros(n_series, dtype=np.int64),
-            finish_reasons=[["stop"]] * n_series,
+            finish_calls=rows,
+            finish_codes=np.zeros(n_series, dtype=np.int64),
+            finish_values=["stop"],
         )
     return tel
 

@@ -7,6 +7,7 @@ non-LLM spans get `llm = False` and are never counted.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import numpy as np
@@ -15,9 +16,10 @@ from pydantic import Field
 from gateway.batch import Batch, Signal, SpanBatch
 from gateway.component import ComponentConfig, ComponentContext, Factory, Kind, Processor
 from processors.genai.extract import STRING_COLUMNS, extract
-from processors.genai.metrics import LABELS, LlmMetrics
+from processors.genai.metrics import LABELS, LlmMetrics, group_rows
 from processors.genai.pricing import PriceOverride, PriceTable, default_price_table
 from processors.genai.validation import ValidationRules, apply_rules
+from processors.genai.wire_extract import warm_up
 
 
 class MetricsSettings(ComponentConfig):
@@ -61,6 +63,11 @@ class GenAIProcessor(Processor):
         self._row_memo: dict[tuple[str | None, str], int] = {}
         self.metrics = shared_metrics(ctx, config.metrics.max_series) if config.metrics.enabled else None
 
+    async def start(self) -> None:
+        # Load (or compile) the wire kernel before the receivers open, so /readyz means fast.
+        seconds = await asyncio.to_thread(warm_up)
+        self.logger.debug(f"genai wire kernel ready in {seconds:.3f}s")
+
     async def consume(self, batch: Batch) -> None:
         if isinstance(batch, SpanBatch) and len(batch):
             self.annotate(batch)
@@ -96,22 +103,20 @@ class GenAIProcessor(Processor):
         rows = np.flatnonzero(ex.llm)
         if not rows.shape[0]:
             return
-        c = batch.columns
-        codes = np.stack(
-            [c["service"][rows]]
-            + [
-                ex.strings[n][rows]
-                for n in ("provider", "operation", "request_model", "response_model", "error_type")
-            ],
-            axis=1,
-        )
-        uniq, inverse = np.unique(codes, axis=0, return_inverse=True)
+        columns = [batch.columns["service"][rows]] + [
+            ex.strings[n][rows]
+            for n in ("provider", "operation", "request_model", "response_model", "error_type")
+        ]
+        first, series = group_rows(columns)
         values = batch.strings.values
-        label_values = [tuple(values[x] if x >= 0 else "" for x in u) for u in uniq.tolist()]
+        label_values = [
+            tuple(values[x] if x >= 0 else "" for x in u)
+            for u in zip(*(c[first].tolist() for c in columns), strict=True)
+        ]
         assert len(label_values[0]) == len(LABELS)
         outcome = np.where(ex.rate_limited[rows], 2, np.where(ex.error[rows], 1, 0))
         self.metrics.observe(
-            inverse.reshape(-1),
+            series,
             label_values,
             latency_s=f["latency_s"][rows],
             ttft_s=f["ttft_s"][rows],
@@ -119,7 +124,9 @@ class GenAIProcessor(Processor):
             output_tokens=f["output_tokens"][rows],
             cost_usd=f["cost_usd"][rows],
             outcome=outcome,
-            finish_reasons=[ex.finish_reasons[r] for r in rows.tolist()],
+            finish_calls=np.searchsorted(rows, ex.finish_rows),  # finish rows are LLM rows
+            finish_codes=ex.finish_codes,
+            finish_values=values,
         )
 
     def _price_row(self, provider: str | None, model: str) -> int:
@@ -147,18 +154,16 @@ class GenAIProcessor(Processor):
         rows = np.flatnonzero(llm)
         if rows.shape[0]:
             values = batch.strings.values
-            pairs = np.stack(
-                [strs["provider"][rows], strs["response_model"][rows], strs["request_model"][rows]], axis=1
-            )
-            uniq, inverse = np.unique(pairs, axis=0, return_inverse=True)
+            columns = [strs["provider"][rows], strs["response_model"][rows], strs["request_model"][rows]]
+            first, group = group_rows(columns)
             found = []
-            for prov, resp, req in uniq.tolist():
+            for prov, resp, req in zip(*(c[first].tolist() for c in columns), strict=True):
                 provider = values[prov] if prov >= 0 else None
                 idx = self._price_row(provider, values[resp]) if resp >= 0 else -1
                 if idx < 0 and req >= 0:
                     idx = self._price_row(provider, values[req])
                 found.append(idx)
-            price_rows[rows] = np.asarray(found, dtype=np.int64)[inverse.reshape(-1)]
+            price_rows[rows] = np.asarray(found, dtype=np.int64)[group]
         cost = self.prices.cost_many(
             price_rows, f["input_tokens"], f["output_tokens"], f["cached_input_tokens"], f["reasoning_tokens"]
         )

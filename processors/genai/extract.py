@@ -1,15 +1,18 @@
 """Turn spans into LLM-call columns, following the precedence table in `families`.
 
-This is the reference path: one pass over each span's attributes (keeping only
-the keys we need), then the precedence rules. Missing stays missing: unknown
-token counts are NaN, unknown stream flag is -1, never 0.
+`span_facts` is the reference logic for one span: one pass over its attributes
+(keeping only the keys we need), then the precedence rules. `extract` runs it
+on every span of a batch, unless the batch still has its protobuf bytes: then
+`wire_extract` reads the same facts straight from the bytes and calls
+`span_facts` only for the rare spans it leaves to the reference. Missing stays
+missing: unknown token counts are NaN, unknown stream flag is -1, never 0.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -48,6 +51,8 @@ FLOAT_COLUMNS = (
     "span_cost_usd",
 )
 STRING_COLUMNS = ("provider", "operation", "request_model", "response_model", "error_type", "finish_reason")
+# The order a call's strings enter the batch's string table; both paths keep it, so codes agree.
+INTERN_ORDER = ("operation", "provider", "request_model", "response_model", "finish_reason", "error_type")
 
 
 def _any_value(v: Any) -> Any:
@@ -177,9 +182,109 @@ def classify(attrs: dict[str, Any]) -> str | None:
     return None
 
 
+@dataclass(slots=True)
+class SpanFacts:
+    """What one LLM span says, before interning; string fields in the order `extract` interns them."""
+
+    operation: str
+    provider: str | None
+    request_model: str | None
+    response_model: str | None
+    input_tokens: float
+    output_tokens: float
+    cached_input_tokens: float
+    reasoning_tokens: float
+    span_cost_usd: float
+    ttft_s: float
+    stream: int
+    reasons: list[str]
+    error: bool
+    error_type: str | None
+    rate_limited: bool
+
+
+def span_facts(span: Any, status_code: int) -> SpanFacts | None:
+    """The LLM facts of one protobuf Span, or None when it is not a model call.
+
+    `status_code` is the batch's column, so both paths judge errors by the same value.
+    """
+    attrs: dict[str, Any] = {}
+    indexed_finish: dict[int, str] = {}
+    for kv in span.attributes:
+        key = kv.key
+        if key in WANTED_KEYS:
+            attrs[key] = _any_value(kv.value)
+        elif key.endswith("finish_reason"):
+            m = _INDEXED_FINISH.match(key)
+            if m:
+                indexed_finish[int(m.group(1))] = str(_any_value(kv.value))
+    operation = classify(attrs)
+    if operation is None:
+        return None
+    provider = _first(attrs, "provider")
+    req_model = _first(attrs, "request_model")
+    resp_model = _first(attrs, "response_model")
+    tokens = {
+        name: _first_number(attrs, name)
+        for name in ("input_tokens", "output_tokens", "cached_input_tokens", "reasoning_tokens")
+    }
+    if math.isnan(tokens["input_tokens"]) and operation == "embeddings":
+        tokens["input_tokens"] = _first_number(attrs, "total_tokens")
+    embedding_without_output = operation == "embeddings" and math.isnan(tokens["output_tokens"])
+    if embedding_without_output and not math.isnan(tokens["input_tokens"]):
+        tokens["output_tokens"] = 0.0  # embeddings produce no output tokens
+
+    ttft = _first_number(attrs, "ttft_s")
+    exc_type = exc_msg = None
+    for ev in span.events:
+        if ev.name == "exception":
+            for kv in ev.attributes:
+                if kv.key == "exception.type":
+                    exc_type = kv.value.string_value
+                elif kv.key == "exception.message":
+                    exc_msg = kv.value.string_value
+        elif math.isnan(ttft) and ev.name in _FIRST_CHUNK_EVENTS and ev.time_unix_nano:
+            ttft = (ev.time_unix_nano - span.start_time_unix_nano) / 1e9
+    flag = _stream_flag(attrs)
+    if flag < 0 and not math.isnan(ttft):
+        flag = 1
+
+    err_type = attrs.get("error.type")
+    is_error = status_code == STATUS_ERROR or bool(err_type)
+    etype = str(err_type or exc_type or "_OTHER") if is_error else None
+    rate_limited = False
+    if etype is not None:
+        http_status = attrs.get("http.response.status_code", attrs.get("http.status_code"))
+        rate_limited = (
+            _number(http_status) == 429
+            or bool(_RATE_LIMIT_RE.search(etype))
+            or bool(exc_type and _RATE_LIMIT_RE.search(exc_type))
+            or bool(exc_msg and _RATE_LIMIT_RE.search(exc_msg))
+            or bool(span.status.message and _RATE_LIMIT_RE.search(span.status.message))
+        )
+    return SpanFacts(
+        operation=operation,
+        provider=provider.lower() if isinstance(provider, str) and provider else None,
+        request_model=req_model if isinstance(req_model, str) and req_model else None,
+        response_model=resp_model if isinstance(resp_model, str) and resp_model else None,
+        span_cost_usd=_first_number(attrs, "cost_usd"),
+        ttft_s=ttft,
+        stream=flag,
+        reasons=_finish_reasons(attrs, indexed_finish),
+        error=is_error,
+        error_type=etype,
+        rate_limited=rate_limited,
+        **tokens,
+    )
+
+
 @dataclass
 class Extracted:
-    """Columns for one batch; rows of non-LLM spans keep their defaults."""
+    """Columns for one batch; rows of non-LLM spans keep their defaults.
+
+    Finish reasons are pairs: `finish_rows[i]` (ascending; a row's reasons in their
+    order) said `finish_codes[i]` (a code of the batch's string table).
+    """
 
     llm: np.ndarray
     floats: dict[str, np.ndarray]
@@ -188,94 +293,82 @@ class Extracted:
     error: np.ndarray
     rate_limited: np.ndarray
     truncated: np.ndarray
-    finish_reasons: list[list[str]]
+    finish_rows: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    finish_codes: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int32))
+
+    @classmethod
+    def empty(cls, n: int) -> Extracted:
+        """All rows not LLM calls: the defaults both paths start from."""
+        return cls(
+            llm=np.zeros(n, dtype=np.bool_),
+            floats={name: np.full(n, np.nan) for name in FLOAT_COLUMNS},
+            strings={name: np.full(n, -1, dtype=np.int32) for name in STRING_COLUMNS},
+            stream=np.full(n, -1, dtype=np.int8),
+            error=np.zeros(n, dtype=np.bool_),
+            rate_limited=np.zeros(n, dtype=np.bool_),
+            truncated=np.zeros(n, dtype=np.bool_),
+        )
 
 
-def extract(batch: SpanBatch) -> Extracted:
+# When False, `extract` always takes the reference path (tests, debugging).
+WIRE_FAST_PATH = True
+
+
+def latency_of(batch: SpanBatch) -> np.ndarray:
+    return (batch.columns["end_ns"] - batch.columns["start_ns"]) / 1e9
+
+
+def extract(batch: SpanBatch, *, reference: bool = False) -> Extracted:
+    """LLM columns of `batch`: from its protobuf bytes when it still has them, else from the request."""
+    if WIRE_FAST_PATH and not reference and batch.wire is not None:
+        from processors.genai.wire_extract import extract_wire  # imports this module: import late
+
+        fast = extract_wire(batch)
+        if fast is not None:
+            return fast
+    return extract_reference(batch)
+
+
+def extract_reference(batch: SpanBatch) -> Extracted:
+    """`span_facts` over the parsed request, row by row (interning in row order, then every reason)."""
     n = len(batch)
     table: StringTable = batch.strings
-    llm = np.zeros(n, dtype=np.bool_)
-    floats = {name: np.full(n, np.nan) for name in FLOAT_COLUMNS}
-    strs = {name: np.full(n, -1, dtype=np.int32) for name in STRING_COLUMNS}
-    stream = np.full(n, -1, dtype=np.int8)
-    error = np.zeros(n, dtype=np.bool_)
-    rate_limited = np.zeros(n, dtype=np.bool_)
-    truncated = np.zeros(n, dtype=np.bool_)
-    reasons_per_row: list[list[str]] = [[] for _ in range(n)]
+    ex = Extracted.empty(n)
     status = batch.columns["status_code"]
-    start = batch.columns["start_ns"]
-    latency = (batch.columns["end_ns"] - start) / 1e9
-
+    latency = latency_of(batch)
+    reason_rows: list[int] = []
+    reasons: list[str] = []
     for row, span in enumerate(batch.iter_items()):
-        attrs: dict[str, Any] = {}
-        indexed_finish: dict[int, str] = {}
-        for kv in span.attributes:
-            key = kv.key
-            if key in WANTED_KEYS:
-                attrs[key] = _any_value(kv.value)
-            elif key.endswith("finish_reason"):
-                m = _INDEXED_FINISH.match(key)
-                if m:
-                    indexed_finish[int(m.group(1))] = str(_any_value(kv.value))
-        operation = classify(attrs)
-        if operation is None:
+        facts = span_facts(span, int(status[row]))
+        if facts is None:
             continue
-        llm[row] = True
-        strs["operation"][row] = table.intern(operation)
-        provider = _first(attrs, "provider")
-        if isinstance(provider, str) and provider:
-            strs["provider"][row] = table.intern(provider.lower())
-        req_model = _first(attrs, "request_model")
-        resp_model = _first(attrs, "response_model")
-        if isinstance(req_model, str) and req_model:
-            strs["request_model"][row] = table.intern(req_model)
-        if isinstance(resp_model, str) and resp_model:
-            strs["response_model"][row] = table.intern(resp_model)
-        for name in ("input_tokens", "output_tokens", "cached_input_tokens", "reasoning_tokens"):
-            floats[name][row] = _first_number(attrs, name)
-        if math.isnan(floats["input_tokens"][row]) and operation == "embeddings":
-            floats["input_tokens"][row] = _first_number(attrs, "total_tokens")
-        embedding_without_output = operation == "embeddings" and math.isnan(floats["output_tokens"][row])
-        if embedding_without_output and not math.isnan(floats["input_tokens"][row]):
-            floats["output_tokens"][row] = 0.0  # embeddings produce no output tokens
-        floats["latency_s"][row] = latency[row]
-        floats["span_cost_usd"][row] = _first_number(attrs, "cost_usd")
+        ex.llm[row] = True
+        ex.floats["latency_s"][row] = latency[row]
+        for name in FLOAT_COLUMNS:
+            if name != "latency_s":
+                ex.floats[name][row] = getattr(facts, name)
+        ex.stream[row] = facts.stream
+        ex.error[row] = facts.error
+        ex.rate_limited[row] = facts.rate_limited
+        ex.truncated[row] = any(r in TRUNCATION_REASONS for r in facts.reasons)
+        for name, value in zip(INTERN_ORDER, row_strings(facts), strict=True):
+            if value is not None:
+                ex.strings[name][row] = table.intern(value)
+        reason_rows.extend([row] * len(facts.reasons))
+        reasons.extend(facts.reasons)
+    ex.finish_rows = np.array(reason_rows, dtype=np.int64)
+    ex.finish_codes = np.array([table.intern(r) for r in reasons], dtype=np.int32)
+    return ex
 
-        ttft = _first_number(attrs, "ttft_s")
-        exc_type = exc_msg = None
-        for ev in span.events:
-            if ev.name == "exception":
-                for kv in ev.attributes:
-                    if kv.key == "exception.type":
-                        exc_type = kv.value.string_value
-                    elif kv.key == "exception.message":
-                        exc_msg = kv.value.string_value
-            elif math.isnan(ttft) and ev.name in _FIRST_CHUNK_EVENTS and ev.time_unix_nano:
-                ttft = (ev.time_unix_nano - span.start_time_unix_nano) / 1e9
-        floats["ttft_s"][row] = ttft
-        flag = _stream_flag(attrs)
-        if flag < 0 and not math.isnan(ttft):
-            flag = 1
-        stream[row] = flag
 
-        reasons = _finish_reasons(attrs, indexed_finish)
-        reasons_per_row[row] = reasons
-        if reasons:
-            strs["finish_reason"][row] = table.intern(reasons[0])
-            truncated[row] = any(r in TRUNCATION_REASONS for r in reasons)
-
-        err_type = attrs.get("error.type")
-        is_error = status[row] == STATUS_ERROR or bool(err_type)
-        if is_error:
-            error[row] = True
-            etype = str(err_type or exc_type or "_OTHER")
-            strs["error_type"][row] = table.intern(etype)
-            http_status = attrs.get("http.response.status_code", attrs.get("http.status_code"))
-            rate_limited[row] = (
-                _number(http_status) == 429
-                or bool(_RATE_LIMIT_RE.search(etype))
-                or bool(exc_type and _RATE_LIMIT_RE.search(exc_type))
-                or bool(exc_msg and _RATE_LIMIT_RE.search(exc_msg))
-                or bool(span.status.message and _RATE_LIMIT_RE.search(span.status.message))
-            )
-    return Extracted(llm, floats, strs, stream, error, rate_limited, truncated, reasons_per_row)
+def row_strings(facts: SpanFacts) -> tuple[str | None, ...]:
+    """The string columns of one call, in INTERN_ORDER."""
+    first_reason = facts.reasons[0] if facts.reasons else None
+    return (
+        facts.operation,
+        facts.provider,
+        facts.request_model,
+        facts.response_model,
+        first_reason,
+        facts.error_type,
+    )

@@ -1,6 +1,6 @@
 """LLM metrics with GenAI semconv names, aggregated in numpy and exposed on /metrics.
 
-Aggregation is vectorised per batch (np.add.at into per-series bucket arrays);
+Aggregation is vectorised per batch (bincount into per-series bucket arrays);
 a prometheus-client custom collector renders it at scrape time. The number of
 label sets is capped: past the cap, new series fold into one overflow series
 and the overflow is counted, so a bad label (e.g. a model name with a request
@@ -9,7 +9,7 @@ id in it) cannot blow up memory or the TSDB.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -48,6 +48,33 @@ OVERFLOW = "__overflow__"
 OUTCOMES = ("ok", "error", "rate_limited")
 
 
+def group_rows(columns: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """(first row of each distinct combination, group of every row) over integer code columns (>= -1).
+
+    What np.unique(axis=0) gives up to the order of the groups, but the codes are packed into one
+    int64 key per row (re-numbered densely whenever the next column would overflow it), and a 1-D
+    unique sorts far faster than rows.
+    """
+    key = np.zeros(columns[0].shape[0], dtype=np.int64)
+    span = 1
+    for col in columns:
+        col = col.astype(np.int64) + 1
+        width = int(col.max()) + 1 if col.shape[0] else 1
+        if span * width >= 1 << 62:
+            _, key = np.unique(key, return_inverse=True)
+            key = key.reshape(-1).astype(np.int64)
+            span = int(key.max()) + 1
+        key = key * width + col
+        span *= width
+    _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+    return first, inverse.reshape(-1)
+
+
+def _add(target: np.ndarray, index: np.ndarray, weights: np.ndarray | None = None) -> None:
+    """target.flat[index] += weights (or 1), for repeated indices: bincount, not the slow np.add.at."""
+    target += np.bincount(index, weights, minlength=target.size).reshape(target.shape).astype(target.dtype)
+
+
 class _Hist:
     """Per-series histogram state over fixed bounds."""
 
@@ -68,8 +95,8 @@ class _Hist:
             return
         s, v = series[ok], values[ok]
         bucket = np.searchsorted(self.bounds, v, side="left")  # first bound >= value, i.e. `le`
-        np.add.at(self.counts, (s, bucket), 1)
-        np.add.at(self.sums, s, v)
+        _add(self.counts, s * self.counts.shape[1] + bucket)
+        _add(self.sums, s, v)
 
     def family_samples(self, k: int) -> tuple[list[tuple[str, float]], float]:
         cum = np.cumsum(self.counts[k])
@@ -131,9 +158,14 @@ class LlmMetrics(Collector):
         output_tokens: np.ndarray,
         cost_usd: np.ndarray,
         outcome: np.ndarray,
-        finish_reasons: list[list[str]],
+        finish_calls: np.ndarray,
+        finish_codes: np.ndarray,
+        finish_values: Sequence[str],
     ) -> None:
-        """`label_rows[i]` indexes `label_values` (unique label tuples of this batch) for call i."""
+        """`label_rows[i]` indexes `label_values` (unique label tuples of this batch) for call i.
+
+        Finish reasons come as pairs: call `finish_calls[j]` ended with `finish_values[finish_codes[j]]`.
+        """
         mapping = np.array([self.series_index(k) for k in label_values], dtype=np.int64)
         s = mapping[label_rows]
         overflow_idx = self.series.get((OVERFLOW,) * len(LABELS))
@@ -143,12 +175,18 @@ class LlmMetrics(Collector):
         self.ttfc.observe(s, ttft_s)
         self.tokens_in.observe(s, input_tokens)
         self.tokens_out.observe(s, output_tokens)
-        np.add.at(self.outcomes, (s, outcome), 1)
+        _add(self.outcomes, s * self.outcomes.shape[1] + outcome)
         ok = ~np.isnan(cost_usd)
-        np.add.at(self.cost, s[ok], cost_usd[ok])
-        for si, reasons in zip(s.tolist(), finish_reasons, strict=True):
-            for r in reasons:
-                self.finish[(si, r)] = self.finish.get((si, r), 0) + 1
+        _add(self.cost, s[ok], cost_usd[ok])
+        if finish_calls.shape[0]:
+            series, codes = s[finish_calls], np.asarray(finish_codes, dtype=np.int64)
+            first, group = group_rows([series, codes])
+            counts = np.bincount(group)
+            for si, code, n in zip(
+                series[first].tolist(), codes[first].tolist(), counts.tolist(), strict=True
+            ):
+                key = (si, finish_values[code])
+                self.finish[key] = self.finish.get(key, 0) + n
 
     def count_invalid(self, rule: str, n: int) -> None:
         if n:
