@@ -43,7 +43,11 @@ def default_gateway(monkeypatch, tmp_path):
     monkeypatch.setenv("SENTINEL_HTTP_ENDPOINT", f"127.0.0.1:{ports['http']}")
     monkeypatch.setenv("SENTINEL_ADMIN_ENDPOINT", f"127.0.0.1:{ports['admin']}")
     monkeypatch.setenv("SENTINEL_DATA_DIR", str(tmp_path))
-    gw = RunningGateway(default_config_text()).start()
+    # The gateway runs inside this pytest process, whose RSS (every kernel and fixture the suite has
+    # loaded so far) is what memory_limiter measures: give it room so only the config's logic is tested.
+    text = default_config_text()
+    assert "limit_mib: 512" in text
+    gw = RunningGateway(text.replace("limit_mib: 512", "limit_mib: 4096")).start()
     gw.ports = ports
     gw.out = tmp_path / "otlp.jsonl"
     try:
