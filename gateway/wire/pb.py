@@ -21,6 +21,8 @@ EGROUP = 4
 I32 = 5
 
 MALFORMED = -1
+MAX_FIELD = 0x1FFFFFFF  # largest field number protobuf allows
+MAX_PREFIX = 5  # bytes a tag or length varint may take (upb rejects longer ones)
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -42,22 +44,28 @@ def read_varint(buf: np.ndarray, pos: int, end: int) -> tuple[np.uint64, int]:
 
 @njit(cache=True, nogil=True, inline="always")
 def read_tag(buf: np.ndarray, pos: int, end: int) -> tuple[int, int, int]:
-    """(field number, wire type, new position); position -1 when malformed or field number 0."""
-    key, pos = read_varint(buf, pos, end)
-    if pos < 0:
+    """(field number, wire type, new position); position -1 when malformed, longer than 5 bytes,
+    or the field number is 0 or above 2**29 − 1 (limits the protobuf library enforces)."""
+    key, npos = read_varint(buf, pos, end)
+    if npos < 0 or npos - pos > MAX_PREFIX:
         return 0, 0, MALFORMED
+    pos = npos
     field = np.int64(key >> np.uint64(3))
     wtype = np.int64(key & np.uint64(7))
-    if field == 0:
+    if field == 0 or field > MAX_FIELD:
         return field, wtype, MALFORMED  # type: ignore[return-value]
     return field, wtype, pos  # type: ignore[return-value]
 
 
 @njit(cache=True, nogil=True, inline="always")
 def read_len(buf: np.ndarray, pos: int, end: int) -> tuple[int, int]:
-    """(start, stop) of a length-delimited payload at `pos`; start -1 when it does not fit."""
-    n, pos = read_varint(buf, pos, end)
-    if pos < 0 or n > np.uint64(end - pos):
+    """(start, stop) of a length-delimited payload at `pos`; start -1 when it does not fit or its
+    length prefix is longer than 5 bytes."""
+    n, npos = read_varint(buf, pos, end)
+    if npos < 0 or npos - pos > MAX_PREFIX:
+        return MALFORMED, MALFORMED
+    pos = npos
+    if n > np.uint64(end - pos):
         return MALFORMED, MALFORMED
     return pos, pos + np.int64(n)  # type: ignore[return-value]
 
@@ -88,10 +96,10 @@ def read_double(buf: np.ndarray, pos: int, end: int) -> tuple[float, int]:
     bits, pos = read_fixed64(buf, pos, end)
     if pos < 0:
         return 0.0, MALFORMED
-    return np.array([bits], dtype=np.uint64).view(np.float64)[0], pos
+    return bits.view(np.float64), pos  # a bit cast, no allocation
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def skip_field(buf: np.ndarray, pos: int, end: int, wtype: int) -> int:
     """Position after the value of a field of wire type `wtype` (unknown fields are skipped)."""
     if wtype == VARINT:

@@ -66,7 +66,6 @@ M_KV, M_ANY = 8, 9  # every other KeyValue / AnyValue
 F_UNKNOWN, F_VARINT, F_I64, F_I32, F_STRING, F_BYTES, F_MESSAGE, F_UNSUPPORTED = range(8)
 
 MAX_DEPTH = 64  # nested messages; upb allows 100, deeper input goes to the reference decoder
-MAX_FIELD = 0x1FFFFFFF  # largest field number; a tag varint may be at most 5 bytes
 
 _FIXED = {
     "opentelemetry.proto.collector.trace.v1.ExportTraceServiceRequest": M_REQUEST,
@@ -210,33 +209,6 @@ _NO_NRT: dict[str, Any] = {"_nrt": False}
 _leaf = njit(cache=True, nogil=True, **_NO_NRT)
 
 
-@njit(cache=True, nogil=True, inline="always")
-def _tag(buf: np.ndarray, pos: int, end: int) -> tuple[int, int, int]:
-    """read_tag plus upb's extra limits: at most 5 bytes, field number < 2**29."""
-    field, wtype, npos = read_tag(buf, pos, end)
-    if npos < 0 or npos - pos > 5 or field > MAX_FIELD:
-        return int(field), int(wtype), -1
-    return int(field), int(wtype), npos
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _len(buf: np.ndarray, pos: int, end: int) -> tuple[int, int]:
-    """read_len plus upb's limit: a length prefix is at most 5 bytes."""
-    a, b = read_len(buf, pos, end)
-    if a < 0 or a - pos > 5:
-        return -1, -1
-    return a, int(b)
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _skip(buf: np.ndarray, pos: int, end: int, wtype: int) -> int:
-    """skip_field with the length-prefix limit of `_len`."""
-    if wtype == LEN:
-        _, b = _len(buf, pos, end)
-        return b
-    return skip_field(buf, pos, end, wtype)
-
-
 @_leaf
 def utf8_valid(buf: np.ndarray, start: int, stop: int) -> bool:
     """Strict UTF-8 (no overlongs, surrogates or code points past U+10FFFF), as upb checks it."""
@@ -302,39 +274,39 @@ def count_items(buf: np.ndarray) -> tuple[int, int]:
     n_spans = 0
     pos = 0
     while pos < n:
-        field, wt, pos = _tag(buf, pos, n)
+        field, wt, pos = read_tag(buf, pos, n)
         if pos < 0:
             return -1, -1
         if field != 1 or wt != LEN:
-            pos = _skip(buf, pos, n, wt)
+            pos = skip_field(buf, pos, n, wt)
             if pos < 0:
                 return -1, -1
             continue
-        rs_pos, rs_end = _len(buf, pos, n)
+        rs_pos, rs_end = read_len(buf, pos, n)
         if rs_pos < 0:
             return -1, -1
         n_res += 1
         pos = rs_end
         while rs_pos < rs_end:
-            field, wt, rs_pos = _tag(buf, rs_pos, rs_end)
+            field, wt, rs_pos = read_tag(buf, rs_pos, rs_end)
             if rs_pos < 0:
                 return -1, -1
             if field != 2 or wt != LEN:
-                rs_pos = _skip(buf, rs_pos, rs_end, wt)
+                rs_pos = skip_field(buf, rs_pos, rs_end, wt)
                 if rs_pos < 0:
                     return -1, -1
                 continue
-            ss_pos, ss_end = _len(buf, rs_pos, rs_end)
+            ss_pos, ss_end = read_len(buf, rs_pos, rs_end)
             if ss_pos < 0:
                 return -1, -1
             rs_pos = ss_end
             while ss_pos < ss_end:
-                field, wt, ss_pos = _tag(buf, ss_pos, ss_end)
+                field, wt, ss_pos = read_tag(buf, ss_pos, ss_end)
                 if ss_pos < 0:
                     return -1, -1
                 if field == 2 and wt == LEN:
                     n_spans += 1
-                ss_pos = _skip(buf, ss_pos, ss_end, wt)
+                ss_pos = skip_field(buf, ss_pos, ss_end, wt)
                 if ss_pos < 0:
                     return -1, -1
     return n_res, n_spans
@@ -525,14 +497,14 @@ def walk(
             sp -= 1
             continue
 
-        field, wt, pos = _tag(buf, pos, end)
+        field, wt, pos = read_tag(buf, pos, end)
         if pos < 0:
             fail = end + 1
             break
         t = st_type[sp]
         fk = kinds[t, field] if field < width else F_UNKNOWN
         if fk == F_UNKNOWN:
-            pos = _skip(buf, pos, end, wt)
+            pos = skip_field(buf, pos, end, wt)
             if pos < 0:
                 fail = end + 1
                 break
@@ -582,7 +554,7 @@ def walk(
             if wt != LEN:
                 fail = pos + 1
                 break
-            a, b = _len(buf, pos, end)
+            a, b = read_len(buf, pos, end)
             if a < 0:
                 fail = end + 1
                 break
@@ -611,7 +583,7 @@ def walk(
             if wt != LEN:
                 fail = pos + 1
                 break
-            a, b = _len(buf, pos, end)
+            a, b = read_len(buf, pos, end)
             if a < 0:
                 fail = end + 1
                 break

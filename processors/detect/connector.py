@@ -279,13 +279,13 @@ class Detector:
         self._bounds = (config.severity.medium, config.severity.high, config.severity.critical)
 
     # ---------------------------------------------------------------- series
-    def _series_rows(self, keys: list[tuple[str, str, str, str]]) -> np.ndarray:
+    def _series_rows(self, keys: list[SeriesKey]) -> np.ndarray:
+        """Row of each key, created on first sight; -1 once `max_series` is reached."""
         rows = np.empty(len(keys), dtype=np.int64)
         for i, key in enumerate(keys):
             row = self.series.get(key)
             if row is None:
                 if len(self.keys) >= self.cfg.max_series:
-                    self.dropped_series += 1
                     rows[i] = -1
                     continue
                 row = len(self.keys)
@@ -336,17 +336,12 @@ class Detector:
         if calls is None:
             return None
         # series rows are assigned in event-time order of first appearance, as calls are released
-        first = np.full(len(calls.keys), calls.key.shape[0], dtype=np.int64)
-        np.minimum.at(first, calls.key, np.arange(calls.key.shape[0]))
-        present = np.flatnonzero(first < calls.key.shape[0])
-        by_first = present[np.argsort(first[present], kind="stable")]
+        present, first = np.unique(calls.key, return_index=True)
+        by_first = present[np.argsort(first)]
         key_rows = np.full(len(calls.keys), -1, dtype=np.int64)
         key_rows[by_first] = self._series_rows([calls.keys[k] for k in by_first.tolist()])
         series = key_rows[calls.key]
-        dropped_keys = key_rows < 0
-        if dropped_keys.any():
-            # every call of a series over the cap counts, as before
-            self.dropped_series += int(dropped_keys[calls.key].sum()) - int(dropped_keys[by_first].sum())
+        self.dropped_series += int((series < 0).sum())  # every call of a series over the cap
         model_map = np.empty(len(calls.models) + 1, dtype=np.int64)
         model_map[-1] = -1
         for i, name in enumerate(calls.models):

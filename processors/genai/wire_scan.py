@@ -169,22 +169,6 @@ def _lit_len(tab: np.ndarray, k: int) -> int:
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _skip(buf: np.ndarray, pos: int, end: int, wtype: int) -> int:
-    """skip_field, with the common wire types read inline by the primitives: a call into
-    skip_field costs two atomic reference-count updates."""
-    if wtype == LEN:
-        _, stop = read_len(buf, pos, end)
-        return int(stop)
-    if wtype == VARINT:
-        _, pos = read_varint(buf, pos, end)
-        return pos
-    if wtype == I64:
-        _, pos = read_fixed64(buf, pos, end)
-        return pos
-    return skip_field(buf, pos, end, wtype)
-
-
-@njit(cache=True, nogil=True, inline="always")
 def _slot_of(buf: np.ndarray, a: int, b: int, tab: np.ndarray, text: np.ndarray) -> int:
     """Slot of the wanted key buf[a:b], or -1."""
     n = b - a
@@ -257,7 +241,7 @@ def _value_of(buf: np.ndarray, a: int, b: int) -> tuple[int, float, int, int, bo
             expected = VARINT if field == 2 or field == 3 else (I64 if field == 4 else LEN)
             if wtype != expected:
                 odd = True
-                pos = _skip(buf, pos, b, wtype)
+                pos = skip_field(buf, pos, b, wtype)
             elif field == 2 or field == 3:
                 v, pos = read_varint(buf, pos, b)
                 kind = BOOL if field == 2 else INT
@@ -287,12 +271,12 @@ def _value_of(buf: np.ndarray, a: int, b: int) -> tuple[int, float, int, int, bo
                         if f == 1:
                             count += 1
                             odd = odd or w != LEN
-                        p = _skip(buf, p, hi, w)
+                        p = skip_field(buf, p, hi, w)
                         if p < 0:
                             return BAD, 0.0, 0, 0, False
                     num = float(count)
         else:
-            pos = _skip(buf, pos, b, wtype)
+            pos = skip_field(buf, pos, b, wtype)
         if pos < 0:
             return BAD, 0.0, 0, 0, False
     return kind, num, lo, hi, odd or seen > 1
@@ -323,7 +307,7 @@ def _key_value(buf: np.ndarray, a: int, b: int) -> tuple[int, int, int, int, boo
                 va, vb, n_val = s, e, n_val + 1
         else:
             odd = odd or field == 1 or field == 2
-            pos = _skip(buf, pos, b, wtype)
+            pos = skip_field(buf, pos, b, wtype)
             if pos < 0:
                 return -2, 0, 0, 0, False
     return ka, kb, va, vb, odd or n_key > 1 or n_val > 1
@@ -380,7 +364,7 @@ def _event(
             pos = nb
         else:
             odd = odd or field == 1 or field == 2
-            pos = _skip(buf, pos, b, wtype)
+            pos = skip_field(buf, pos, b, wtype)
         if pos < 0:
             return BAD, t, 0, 0, 0, 0, 0, 0, False
     if not _is_lit(buf, na, nb, tab, text, L_EXC):
@@ -397,7 +381,7 @@ def _event(
             return BAD, t, 0, 0, 0, 0, 0, 0, False
         if field != 3 or wtype != LEN:
             odd = odd or field == 3
-            pos = _skip(buf, pos, b, wtype)
+            pos = skip_field(buf, pos, b, wtype)
             if pos < 0:
                 return BAD, t, 0, 0, 0, 0, 0, 0, False
             continue
@@ -441,7 +425,7 @@ def _string_elements(
         if p < 0:
             return -1, n_el, False
         if f != 1 or w != LEN:
-            p = _skip(buf, p, b, w)
+            p = skip_field(buf, p, b, w)
             if p < 0:
                 return -1, n_el, False
             continue
@@ -562,7 +546,7 @@ def _walk(
             status = -1
             break
         if field != 1:
-            pos = _skip(buf, pos, end, wtype)
+            pos = skip_field(buf, pos, end, wtype)
             status = -1 if pos < 0 else 0
             continue
         ra, rb = read_len(buf, pos, end) if wtype == LEN else (-1, -1)
@@ -577,7 +561,7 @@ def _walk(
                 status = -1
                 break
             if field != 2:
-                p = _skip(buf, p, rb, wtype)
+                p = skip_field(buf, p, rb, wtype)
                 status = -1 if p < 0 else 0
                 continue
             sa, sb = read_len(buf, p, rb) if wtype == LEN else (-1, -1)
@@ -592,7 +576,7 @@ def _walk(
                     status = -1
                     break
                 if field != 2:
-                    q = _skip(buf, q, sb, wtype)
+                    q = skip_field(buf, q, sb, wtype)
                     status = -1 if q < 0 else 0
                     continue
                 a, b = read_len(buf, q, sb) if wtype == LEN else (-1, -1)
@@ -620,7 +604,7 @@ def _walk(
                         continue
                     if (f != 9 and f != 11 and f != 15) or w != LEN:
                         odd[row] = odd[row] or f == 7 or f == 9 or f == 11 or f == 15
-                        x = _skip(buf, x, b, w)
+                        x = skip_field(buf, x, b, w)
                         if x < 0:
                             break
                         continue
@@ -637,7 +621,7 @@ def _walk(
                         odd[row] = odd[row] or a_odd
                         if slot >= 0:
                             kind[row, slot], num[row, slot], sid[row, slot] = vk, vnum, -1
-                            if vk == DOUBLE:  # the bits, into a view of `num`: read_double allocates
+                            if vk == DOUBLE:  # the exact bits, into a uint64 view of `num`
                                 num_bits[row, slot], _ = read_fixed64(buf, lo, hi)
                             if vk == STR:
                                 occ[n_occ, 0], occ[n_occ, 1], occ[n_occ, 2] = lo, hi, slot_need[slot]
@@ -698,7 +682,7 @@ def _walk(
                                     n_occ += 1
                             else:
                                 odd[row] = odd[row] or g == 2
-                                y = _skip(buf, y, fb, gw)
+                                y = skip_field(buf, y, fb, gw)
                                 if y < 0:
                                     break
                         if y < 0:
