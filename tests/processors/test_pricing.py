@@ -79,8 +79,8 @@ def test_load_time_and_caching(raw: dict[str, Any]) -> None:
     t0 = time.perf_counter()
     fresh = PriceTable.from_json(data)
     elapsed = time.perf_counter() - t0
+    # reported, not asserted: a wall-clock bound fails on a loaded machine (timings live in loadtests/)
     print(f"\nprice table: {len(fresh)} models, {len(data)} bytes, parsed in {elapsed * 1e3:.1f} ms")
-    assert elapsed < 1.0
     assert len(fresh) == len(raw["models"])
     assert default_price_table() is default_price_table()
     assert default_price_table().version == raw["version"]
