@@ -208,6 +208,44 @@ def drift_update(
     return rows[:k], psis[:k], ref_mean[:k], cur_mean[:k]
 
 
+@njit(cache=True, nogil=True)
+def value_points(
+    series: np.ndarray,  # int64[n]
+    tvals: np.ndarray,  # float64[n, K] transformed values, one column per metric
+    error: np.ndarray,  # bool[n]
+    t_ns: np.ndarray,  # int64[n]
+    seen: np.ndarray,  # float64[R] points each stream row had before this batch
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The points the ensemble scores, call-major and metric-minor (event-time order within each
+    stream): finite values of calls without an error. Returns (row, value, time s, call, position in
+    its stream counted from 1); one pass instead of a dozen numpy temporaries and a sort for ranks."""
+    n, k = tvals.shape
+    rows = np.empty(n * k, dtype=np.int64)
+    vals = np.empty(n * k)
+    ts = np.empty(n * k)
+    point = np.empty(n * k, dtype=np.int64)
+    position = np.empty(n * k)
+    taken = np.zeros(seen.shape[0], dtype=np.int64)
+    m = 0
+    for i in range(n):
+        if error[i]:
+            continue
+        t = t_ns[i] / 1e9
+        for j in range(k):
+            x = tvals[i, j]
+            if not math.isfinite(x):
+                continue
+            r = series[i] * k + j
+            taken[r] += 1
+            rows[m] = r
+            vals[m] = x
+            ts[m] = t
+            point[m] = i
+            position[m] = seen[r] + taken[r]
+            m += 1
+    return rows[:m], vals[:m], ts[:m], point[:m], position[:m]
+
+
 def warm_up() -> float:
     """Compile (or load from numba's cache) these kernels with the types the detector passes."""
     t0 = time.perf_counter()
@@ -242,4 +280,5 @@ def warm_up() -> float:
         0.25,
         np.zeros(34),
     )
+    value_points(i64, np.zeros((n, 5)), np.zeros(n, dtype=np.bool_), i64, np.zeros(5))
     return time.perf_counter() - t0

@@ -46,7 +46,7 @@ from gateway.anomaly import AnomalyBatch, AnomalyEvent, AnomalyType, Severity
 from gateway.batch import Batch, Signal, SpanBatch
 from gateway.component import ComponentConfig, ComponentContext, Connector, Duration, Factory, Kind
 from processors.detect.alerts import AlertStore, Deduplicator
-from processors.detect.call_kernels import bucket_points, drift_update, model_changes
+from processors.detect.call_kernels import bucket_points, drift_update, model_changes, value_points
 from processors.detect.call_kernels import warm_up as call_kernels_warm_up
 from processors.detect.calls import METRICS, RATES, CallRows, LatenessBuffer, SeriesKey, trace_hex
 from processors.detect.ensemble import DET_CUSUM, DETECTOR_NAMES, EnsembleParams, EnsembleState, score_batch
@@ -365,12 +365,13 @@ class Detector:
             ok = rel.series >= 0
             if not ok.all():
                 rel = rel.take(ok)
-            spikes, spiky_points = self._score_values(rel)
+            tvals = np.stack([transform(m, rel.value(m)) for m in METRICS], axis=1)
+            spikes, spiky_points = self._score_values(rel, tvals)
             found += spikes
             found += self._bucket_points(rel)
             found += self._model_changes(rel)
             if self.cfg.drift.enabled:
-                found += self._drift(rel, exclude=spiky_points)
+                found += self._drift(rel, tvals, exclude=spiky_points)
         close_upto = self.max_t_ns if flush else self.watermark_ns
         found += self._close_buckets(close_upto)
         found.sort(key=lambda e: (e.time_ns, e.service, e.model, e.type.value, e.metric))
@@ -438,24 +439,11 @@ class Detector:
             details=details,
         )
 
-    def _score_values(self, rel: Released) -> tuple[list[AnomalyEvent], np.ndarray]:
+    def _score_values(self, rel: Released, tvals: np.ndarray) -> tuple[list[AnomalyEvent], np.ndarray]:
         """Spike/level-shift events, and a mask of points that scored anomalous (kept out of drift)."""
         n = len(rel)
         spiky = np.zeros(n, dtype=np.bool_)
-        # interleave the metric streams point by point, keeping event-time order
-        rows = (rel.series[:, None] * N_METRICS + np.arange(N_METRICS)[None, :]).reshape(-1)
-        # failed calls (timeouts, 429s) have their own burst alerts; their latency is not the model's
-        ok_call = ~rel.flag("error")
-        vals = np.stack(
-            [np.where(ok_call, transform(m, rel.value(m)), np.nan) for m in METRICS], axis=1
-        ).reshape(-1)
-        ts = np.repeat(rel.t_ns / 1e9, N_METRICS)
-        point = np.repeat(np.arange(n), N_METRICS)
-        finite = np.isfinite(vals)
-        rows, vals, ts, point = rows[finite], vals[finite], ts[finite], point[finite]
-        if not rows.shape[0]:
-            return [], spiky
-        self.values.ensure(int(rows.max()) + 1)
+        self.values.ensure(int(rel.series.max()) * N_METRICS + N_METRICS)
         if self.last_hit.shape[0] < self.values.capacity:
             grown = np.full(self.values.capacity, -1e18)
             grown[: self.last_hit.shape[0]] = self.last_hit
@@ -466,15 +454,17 @@ class Detector:
             grown_c = np.zeros((self.values.capacity, CUSUM_WIDTH))
             grown_c[: self.shift.shape[0]] = self.shift
             self.shift = grown_c
-        # position of each point in its stream: points seen before this batch + rank within it
-        before = self.values.points[rows]
-        order = np.argsort(rows, kind="stable")
-        sorted_rows = rows[order]
-        starts = np.flatnonzero(np.r_[True, sorted_rows[1:] != sorted_rows[:-1]])
-        rank_sorted = np.arange(rows.shape[0]) - np.repeat(starts, np.diff(np.r_[starts, rows.shape[0]]))
-        rank = np.empty_like(rank_sorted)
-        rank[order] = rank_sorted
-        position = before + rank + 1
+        # the metric streams interleaved point by point, keeping event-time order; failed calls
+        # (timeouts, 429s) have their own burst alerts: their latency is not the model's
+        rows, vals, ts, point, position = value_points(
+            rel.series,
+            tvals,
+            np.ascontiguousarray(rel.flag("error")),
+            rel.t_ns,
+            np.ascontiguousarray(self.values.points),
+        )
+        if not rows.shape[0]:
+            return [], spiky
         scored = score_batch(self.values, rows, vals, ts)
         hit = np.flatnonzero((scored.score >= self.cfg.threshold) & (scored.direction > 0))
         out = []
@@ -702,12 +692,12 @@ class Detector:
         return out
 
     # ---------------------------------------------------------------- drift
-    def _drift(self, rel: Released, exclude: np.ndarray) -> list[AnomalyEvent]:
+    def _drift(self, rel: Released, tvals: np.ndarray, exclude: np.ndarray) -> list[AnomalyEvent]:
         d = self.cfg.drift
         decay = 0.5 ** (1.0 / d.recent_half_life)
         out = []
         for j, name in enumerate(DRIFT_METRICS):
-            x = transform(name, rel.value(name))
+            x = tvals[:, METRICS.index(name)]  # transform(name, rel.value(name)), made once per batch
             bins = np.digitize(x, DRIFT_BINS[1:-1]).astype(np.int64)
             rows, psis, ref_means, cur_means = drift_update(
                 rel.series,

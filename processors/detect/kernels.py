@@ -145,21 +145,37 @@ def ewma_update(series_idx, values, state, alpha, warmup, k_alarm, rel_floor, ab
 
 @njit(cache=True, nogil=True)
 def _lower_bound(buf, lo, hi, x):  # pragma: no cover - compiled
-    while lo < hi:
-        mid = (lo + hi) >> 1
-        if buf[mid] < x:
-            lo = mid + 1
-        else:
-            hi = mid
-    return lo
+    """First index of the sorted ``buf[lo:hi]`` whose value is not below ``x``, i.e. ``lo`` + how many
+    are below. Counting is branch-free and vectorises (zero-based loop over a slice, so no negative-
+    index wrap-around check); at window sizes it beats a binary search and its mispredicted branches."""
+    seg = buf[lo:hi]
+    below = 0
+    for j in range(seg.shape[0]):
+        below += seg[j] < x
+    return lo + below
+
+
+@njit(cache=True, nogil=True)
+def _shift_down(seg):  # pragma: no cover - compiled
+    """``seg[j] = seg[j + 1]`` for every j but the last (a memmove one place towards the front)."""
+    for j in range(seg.shape[0] - 1):
+        seg[j] = seg[j + 1]
+
+
+@njit(cache=True, nogil=True)
+def _shift_up(seg):  # pragma: no cover - compiled
+    """``seg[j] = seg[j - 1]`` for every j but the first, from the back (a memmove one place back)."""
+    for j in range(seg.shape[0] - 1, 0, -1):
+        seg[j] = seg[j - 1]
 
 
 @njit(cache=True, nogil=True)
 def window_push(row, buf, w, x):  # pragma: no cover - compiled
     """Add ``x`` to a series' window (ring ``buf[:w]``, sorted copy ``buf[w:2w]``), evicting the oldest.
 
-    ``row[0]`` counts the values seen, ``row[1]`` is the ring head. Two binary searches and one
-    shift of the sorted values between the evicted and the inserted position (at most w moves).
+    ``row[0]`` counts the values seen, ``row[1]`` is the ring head. Two positions (counts, see
+    :func:`_lower_bound`) and one shift of the sorted values between the evicted and the inserted
+    position (at most w moves).
     """
     n = int(row[0])
     filled = n if n < w else w
@@ -168,17 +184,14 @@ def window_push(row, buf, w, x):  # pragma: no cover - compiled
         p_old = _lower_bound(buf, w, w + filled, buf[head])
         p_new = _lower_bound(buf, w, w + filled, x)
         if p_new > p_old:
-            for j in range(p_old, p_new - 1):
-                buf[j] = buf[j + 1]
+            _shift_down(buf[p_old:p_new])
             buf[p_new - 1] = x
         else:
-            for j in range(p_old, p_new, -1):
-                buf[j] = buf[j - 1]
+            _shift_up(buf[p_new : p_old + 1])
             buf[p_new] = x
     else:
         p_new = _lower_bound(buf, w, w + filled, x)
-        for j in range(w + filled, p_new, -1):
-            buf[j] = buf[j - 1]
+        _shift_up(buf[p_new : w + filled + 1])
         buf[p_new] = x
     buf[head] = x
     head += 1
@@ -207,24 +220,24 @@ def sorted_median(buf, w, filled):  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True)
-def _kth_deviation(buf, left0, na, right0, nb, med, k):  # pragma: no cover - compiled
-    """k-th smallest (0-based) of the union of A_j = med − buf[left0 − j] (j < na) and
-    B_j = buf[right0 + j] − med (j < nb), both ascending: binary search on how many come from A."""
+def _kth_split(buf, left0, na, right0, nb, med, k):  # pragma: no cover - compiled
+    """How many of the k+1 smallest of the union of A_j = med − buf[left0 − j] (j < na) and
+    B_j = buf[right0 + j] − med (j < nb), both ascending, come from A: the least i with
+    B[k − i] ≤ A[i] (that test only turns from true to false as i grows), by a binary search
+    written with selects rather than branches (its outcomes are unpredictable)."""
     lo = k + 1 - nb
     if lo < 0:
         lo = 0
     hi = k + 1 if k + 1 < na else na
-    while True:
-        i = (lo + hi) >> 1
-        j = k + 1 - i
-        if i < hi and j > 0 and buf[right0 + j - 1] - med > med - buf[left0 - i]:
-            lo = i + 1  # B[j-1] > A[i]: take more from A
-        elif i > lo and j < nb and med - buf[left0 - i + 1] > buf[right0 + j] - med:
-            hi = i - 1  # A[i-1] > B[j]: take fewer from A
-        else:
-            a = med - buf[left0 - i + 1] if i > 0 else -math.inf
-            b = buf[right0 + j - 1] - med if j > 0 else -math.inf
-            return a if a > b else b
+    first = lo
+    length = hi - lo
+    while length > 0:
+        half = length >> 1
+        mid = first + half
+        more = buf[right0 + k - mid] - med > med - buf[left0 - mid]
+        first = mid + 1 if more else first
+        length = length - half - 1 if more else half
+    return first
 
 
 @njit(cache=True, nogil=True)
@@ -232,16 +245,28 @@ def sorted_mad(buf, w, filled, med):  # pragma: no cover - compiled
     """Median absolute deviation from ``med`` of the sorted part, in O(log w).
 
     The deviations of the values left of ``med`` (read leftward) and right of it (read rightward)
-    are two ascending sequences; their median is found by two k-th-of-a-union binary searches.
+    are two ascending sequences, A and B. One k-th-of-a-union binary search splits off the k+1
+    smallest deviations (k = filled // 2); the largest of them is the upper median, and for an even
+    count the largest of the others (one step back on the side it came from) the lower one.
     """
     start = _lower_bound(buf, w, w + filled, med)
     na = start - w
     nb = w + filled - start
-    k_hi = filled // 2
-    d_hi = _kth_deviation(buf, start - 1, na, start, nb, med, k_hi)
+    k = filled // 2
+    i = _kth_split(buf, start - 1, na, start, nb, med, k)
+    j = k + 1 - i
+    a = med - buf[start - i] if i > 0 else -math.inf  # A[i-1]
+    b = buf[start + j - 1] - med if j > 0 else -math.inf  # B[j-1]
+    d_hi = a if a > b else b
     if filled % 2 == 1:
         return d_hi
-    return 0.5 * (d_hi + _kth_deviation(buf, start - 1, na, start, nb, med, k_hi - 1))
+    if a > b:  # A[i-1] was the largest: the next is A[i-2] or B[j-1]
+        a2 = med - buf[start - i + 1] if i > 1 else -math.inf
+        d_lo = a2 if a2 > b else b
+    else:  # B[j-1] was: the next is A[i-1] or B[j-2]
+        b2 = buf[start + j - 2] - med if j > 1 else -math.inf
+        d_lo = a if a > b2 else b2
+    return 0.5 * (d_hi + d_lo)
 
 
 # ------------------------------------------------------------------------------------ robust z
