@@ -10,7 +10,7 @@ the request (resource index, scope index, item index), which is all `take` and
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, ClassVar
@@ -41,6 +41,14 @@ class StringTable:
         self._index: dict[str, int] = {}
         for v in values:
             self.intern(v)
+
+    @classmethod
+    def from_index(cls, index: dict[str, int]) -> StringTable:
+        """A table over `index` (value -> code, codes 0.. in insertion order), which it takes over."""
+        table = cls()
+        table._index = index
+        table.values = list(index)
+        return table
 
     def intern(self, value: str) -> int:
         idx = self._index.get(value)
@@ -109,14 +117,23 @@ class Batch:
         wire: bytes | None = None,
         _nbytes: int | None = None,
         n_resources: int | None = None,
+        wire_parts: Sequence[bytes] | None = None,
     ) -> None:
-        if request is None and wire is None:
+        if request is None and wire is None and not wire_parts:
             raise ValueError("a batch needs its request or the request's wire bytes")
         self._request = request
         self.columns = columns
         self.strings = strings if strings is not None else StringTable()
         self.string_columns = string_columns if string_columns is not None else set()
-        self.wire = wire  # serialized request when unchanged since receipt
+        # serialized request when unchanged since receipt; after `concat`, possibly still the
+        # requests' bytes side by side (`_parts`), joined only if someone reads `wire`
+        self._wire = wire
+        self._parts: tuple[bytes, ...] | None = None
+        if wire is None and wire_parts:
+            if len(wire_parts) == 1:
+                self._wire = wire_parts[0]
+            else:
+                self._parts = tuple(wire_parts)
         self._nbytes = _nbytes
         self._n_resources = n_resources  # used only while the request is not parsed
 
@@ -134,6 +151,23 @@ class Batch:
         return cls.from_request(cls.layout.request_cls())
 
     # ---- the request ----------------------------------------------------------
+    @property
+    def wire(self) -> bytes | None:
+        """The serialized request while it is unchanged since receipt (None once modified)."""
+        if self._parts is not None:
+            self._wire, self._parts = b"".join(self._parts), None
+        return self._wire
+
+    @wire.setter
+    def wire(self, value: bytes | None) -> None:
+        self._wire, self._parts = value, None
+
+    def wire_chunks(self) -> tuple[bytes, ...] | None:
+        """`wire` as pieces whose concatenation it is, without joining them (None: no wire)."""
+        if self._parts is not None:
+            return self._parts
+        return None if self._wire is None else (self._wire,)
+
     @property
     def request(self) -> Any:
         """The protobuf request, parsed from `wire` on first access."""
@@ -177,7 +211,11 @@ class Batch:
     def nbytes(self) -> int:
         """Serialized size of the request, computed once."""
         if self._nbytes is None:
-            self._nbytes = len(self.wire) if self.wire is not None else int(self.request.ByteSize())
+            chunks = self.wire_chunks()
+            if chunks is not None:
+                self._nbytes = sum(len(c) for c in chunks)
+            else:
+                self._nbytes = int(self.request.ByteSize())
         return self._nbytes
 
     def serialize(self) -> bytes:
@@ -232,9 +270,9 @@ class Batch:
             columns={k: v.copy() for k, v in self.columns.items()},
             strings=StringTable(self.strings.values),
             string_columns=set(self.string_columns),
-            wire=self.wire,
             _nbytes=self._nbytes,
             n_resources=self._n_resources,
+            wire_parts=self.wire_chunks(),
         )
 
     # ---- reshaping ----------------------------------------------------------
@@ -298,39 +336,35 @@ class Batch:
         if len(batches) == 1:
             return batches[0]
         lay = cls.layout
-        wires = [b.wire for b in batches]
+        chunks = [b.wire_chunks() for b in batches]
         req = None
-        dst = None
-        if any(w is None for w in wires):
+        if any(c is None for c in chunks):
             req = lay.request_cls()
             dst = getattr(req, lay.resource_field)
-        strings = StringTable()
-        names = set(batches[0].columns)
-        for b in batches[1:]:
-            names &= set(b.columns)
-        str_cols = set().union(*(b.string_columns for b in batches)) & names
-        parts: dict[str, list[np.ndarray]] = {n: [] for n in names}
-        res_offset = 0
-        for b in batches:
-            n_res = b.resource_count
-            if dst is not None:
+            for b in batches:
                 dst.extend(b.resources())
-            remap = np.fromiter((strings.intern(v) for v in b.strings.values), np.int32, len(b.strings))
-            for n in names:
-                col = b.columns[n]
-                if n == "res_idx":
-                    col = col + res_offset
-                elif n in str_cols:
-                    col = np.where(col >= 0, remap[np.maximum(col, 0)] if len(remap) else -1, -1).astype(
-                        np.int32
-                    )
-                parts[n].append(col)
-            res_offset += n_res
-        cols = {n: np.concatenate(p) for n, p in parts.items()}
+        keys = batches[0].columns.keys()
+        if all(b.columns.keys() == keys for b in batches[1:]):
+            names = list(keys)
+        else:
+            names = [n for n in keys if all(n in b.columns for b in batches[1:])]
+        str_cols = set().union(*(b.string_columns for b in batches)).intersection(names)
+        rows = np.fromiter((len(b) for b in batches), np.int64, len(batches))
+        n_res = [b.resource_count for b in batches]
+        strings, codes = _merge_strings(batches, rows)
+        cols: dict[str, np.ndarray] = {}
+        for n in names:
+            col = np.concatenate([b.columns[n] for b in batches])
+            if n == "res_idx":
+                res_base = np.repeat(np.cumsum([0, *n_res[:-1]]), rows)
+                col = (col + res_base).astype(col.dtype, copy=False)
+            elif n in str_cols:
+                col = codes(col)
+            cols[n] = col
         if req is not None:
             return cls(request=req, columns=cols, strings=strings, string_columns=str_cols)
-        wire = b"".join(w for w in wires if w is not None)
-        return cls(None, cols, strings, str_cols, wire=wire, n_resources=res_offset)
+        parts = [w for c in chunks if c is not None for w in c]
+        return cls(None, cols, strings, str_cols, n_resources=sum(n_res), wire_parts=parts)
 
     def split(self, max_items: int) -> list[Batch]:
         """Chunks of at most `max_items` rows (by item count), in order."""
@@ -338,6 +372,31 @@ class Batch:
         if max_items <= 0 or n <= max_items:
             return [self]
         return [self.take(np.arange(lo, min(lo + max_items, n))) for lo in range(0, n, max_items)]
+
+
+def _merge_strings(
+    batches: Sequence[Batch], rows: np.ndarray
+) -> tuple[StringTable, Callable[[np.ndarray], np.ndarray]]:
+    """The merged string table of `batches` and a function mapping a concatenated string column
+    (each batch's codes) to codes in that table. Batches received alike often share one table,
+    in which case codes stay as they are."""
+    first = batches[0].strings.values
+    if all(b.strings.values == first for b in batches[1:]):
+        return StringTable(first), lambda col: np.maximum(col, -1).astype(np.int32, copy=False)
+    index: dict[str, int] = {}
+    remap = np.array(
+        [index.setdefault(v, len(index)) for b in batches for v in b.strings.values], dtype=np.int32
+    )
+    strings = StringTable.from_index(index)
+    if not len(remap):
+        return strings, lambda col: np.full(col.shape[0], -1, np.int32)
+    base = np.repeat(np.cumsum([0] + [len(b.strings) for b in batches[:-1]]), rows)
+
+    def codes(col: np.ndarray) -> np.ndarray:
+        ok = col >= 0
+        return np.where(ok, remap[np.where(ok, col + base, 0)], -1).astype(np.int32)
+
+    return strings, codes
 
 
 def _locations(request: Any, lay: Layout) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[Any], list[int]]:
@@ -388,6 +447,24 @@ def ids_to_columns(ids: list[bytes], width: int) -> tuple[np.ndarray, np.ndarray
     return words, ok
 
 
+TIME_MAX = 2**63 - 1
+"""Largest time the int64 time columns hold. OTLP times are fixed64: a larger value keeps its bits
+(so the column reads negative) and the receivers reject the span (see `invalid_reasons`)."""
+
+
+def time_column(values: Iterable[int], n: int) -> np.ndarray:
+    """`n` fixed64 nanosecond times as int64; values >= 2**63 keep their bits and read negative."""
+    return np.fromiter(values, np.uint64, n).view(np.int64)
+
+
+def enum_column(values: Iterable[int], n: int) -> np.ndarray:
+    """Enum values (open int32 in proto3) as int8; values outside int8 saturate to -128 / 127.
+
+    Those are no defined SpanKind or StatusCode either, so an unknown value stays unknown; the
+    request keeps the exact value."""
+    return np.clip(np.fromiter(values, np.int64, n), -128, 127).astype(np.int8)
+
+
 class SpanBatch(Batch):
     layout = TRACES_LAYOUT
 
@@ -409,10 +486,10 @@ class SpanBatch(Batch):
             "trace_id_lo": tid[:, 1].copy(),
             "span_id": sid[:, 0].copy(),
             "parent_span_id": pid[:, 0].copy(),
-            "start_ns": np.fromiter((sp.start_time_unix_nano for sp in spans), np.int64, n),
-            "end_ns": np.fromiter((sp.end_time_unix_nano for sp in spans), np.int64, n),
-            "kind": np.fromiter((sp.kind for sp in spans), np.int8, n),
-            "status_code": np.fromiter((sp.status.code for sp in spans), np.int8, n),
+            "start_ns": time_column((sp.start_time_unix_nano for sp in spans), n),
+            "end_ns": time_column((sp.end_time_unix_nano for sp in spans), n),
+            "kind": enum_column((sp.kind for sp in spans), n),
+            "status_code": enum_column((sp.status.code for sp in spans), n),
             "name": np.fromiter((strings.intern(sp.name) for sp in spans), np.int32, n),
             "service": _service_column(request, cls.layout, r, strings),
             # structural validity, used by receivers for partial_success
@@ -423,21 +500,40 @@ class SpanBatch(Batch):
         )
 
     def invalid_reasons(self) -> tuple[np.ndarray, list[str]]:
-        """Mask of structurally invalid spans and one message per kind of problem found."""
+        """Mask of spans to reject and one message per kind of problem found.
+
+        Rejected: ids of the wrong length or all zero, times past int64 (fixed64 values >= 2**63
+        ns, after the year 2262, which no column can hold without changing event time), and
+        an end before the start.
+        """
+        from gateway.wire.checks import span_problems  # numba: loaded by receivers, not by every user
+
         c = self.columns
-        zero_trace = (c["trace_id_hi"] == 0) & (c["trace_id_lo"] == 0)
-        zero_span = c["span_id"] == 0
-        bad_ids = ~c["_ids_ok"] | zero_trace | zero_span
-        bad_time = c["end_ns"] < c["start_ns"]
+        start, end = c["start_ns"], c["end_ns"]
+        counts = span_problems(c["_ids_ok"], c["trace_id_hi"], c["trace_id_lo"], c["span_id"], start, end)
+        if counts == (0, 0, 0):
+            return np.zeros(len(self), np.bool_), []
+        bad_ids = ~c["_ids_ok"]
+        bad_ids |= (c["trace_id_hi"] | c["trace_id_lo"]) == 0
+        bad_ids |= c["span_id"] == 0
+        out_of_range = (start | end) < 0  # the sign bit of either: a fixed64 time >= 2**63
+        bad_order = (end < start) & ~out_of_range
         msgs = []
         if bad_ids.any():
             msgs.append(
                 f"{int(bad_ids.sum())} span(s) with an invalid trace_id/span_id "
                 "(trace_id must be 16 bytes, span_id and parent_span_id 8 bytes, not all zero)"
             )
-        if bad_time.any():
-            msgs.append(f"{int(bad_time.sum())} span(s) with end_time_unix_nano before start_time_unix_nano")
-        return bad_ids | bad_time, msgs
+        if out_of_range.any():
+            row = int(np.flatnonzero(out_of_range)[0])
+            field, value = ("start_time_unix_nano", start) if start[row] < 0 else ("end_time_unix_nano", end)
+            msgs.append(
+                f"{int(out_of_range.sum())} span(s) with a time past the supported range "
+                f"(at most {TIME_MAX} ns since the epoch), e.g. {field}={int(value[row]) % 2**64}"
+            )
+        if bad_order.any():
+            msgs.append(f"{int(bad_order.sum())} span(s) with end_time_unix_nano before start_time_unix_nano")
+        return bad_ids | out_of_range | bad_order, msgs
 
 
 def _metric_points(metric: Any) -> int:
@@ -501,9 +597,10 @@ class LogBatch(Batch):
             "res_idx": r,
             "scope_idx": s,
             "item_idx": i,
-            "time_ns": np.fromiter((lr.time_unix_nano for lr in records), np.int64, n),
-            "observed_ns": np.fromiter((lr.observed_time_unix_nano for lr in records), np.int64, n),
-            "severity": np.fromiter((lr.severity_number for lr in records), np.int8, n),
+            # same conversions as spans, so well-formed protobuf never fails here
+            "time_ns": time_column((lr.time_unix_nano for lr in records), n),
+            "observed_ns": time_column((lr.observed_time_unix_nano for lr in records), n),
+            "severity": enum_column((lr.severity_number for lr in records), n),
             "service": _service_column(request, cls.layout, r, strings),
         }
         return cls(request=request, columns=cols, strings=strings, string_columns={"service"}, wire=wire)

@@ -13,9 +13,11 @@ reference decoder and its error, whenever it cannot prove the outcome is identic
   over 5 bytes (upb's limits), field number 0, wire types 6/7, end-group tags;
 * invalid UTF-8 in any `string` field anywhere (upb validates every proto3 string);
 * protobuf features it does not replicate: groups (valid as unknown fields), a known field with
-  an unexpected wire type (upb keeps it as an unknown field), nesting deeper than `MAX_DEPTH`;
-* values the reference column build refuses (times >= 2**63, kind or status code outside int8):
-  the reference then raises exactly as before.
+  an unexpected wire type (upb keeps it as an unknown field), nesting deeper than `MAX_DEPTH`.
+
+Values the columns cannot hold exactly are converted as the reference does (gateway.batch
+`time_column`, `enum_column`): times >= 2**63 keep their bits (the receivers reject those
+spans), kinds and status codes outside int8 saturate.
 
 What it does replicate: unknown fields are skipped, scalars occurring twice are last-wins, and a
 singular message occurring twice (`resource`, `status`, a KeyValue's `value`) merges, which for
@@ -333,13 +335,11 @@ def _equal(buf: np.ndarray, a: int, b: int, key: np.ndarray) -> bool:
 
 @njit(cache=True, nogil=True, inline="always")
 def _as_int8(v: np.uint64) -> int:
-    """An enum varint as upb stores it (int32 truncation); 999 when it does not fit int8."""
+    """An enum varint as upb stores it (int32 truncation), saturated to int8 like `enum_column`."""
     x = np.int64(v & np.uint64(0xFFFFFFFF))
     if x >= 0x80000000:
         x -= 0x100000000
-    if x < -128 or x > 127:
-        return 999
-    return int(x)
+    return -128 if x < -128 else (127 if x > 127 else int(x))
 
 
 @_leaf
@@ -442,14 +442,6 @@ def walk(
                 if n_rows >= n_cap:
                     fail = pos + 1
                     break
-                if t_start >= np.uint64(0x8000000000000000) or t_end >= np.uint64(0x8000000000000000):
-                    fail = pos + 1  # the reference column build raises OverflowError
-                    break
-                k8 = _as_int8(v_kind)
-                s8 = _as_int8(v_status)
-                if k8 == 999 or s8 == 999:
-                    fail = pos + 1
-                    break
                 row = n_rows
                 n_rows += 1
                 res_idx[row] = n_res - 1
@@ -476,10 +468,10 @@ def walk(
                     if pid_b != pid_a:
                         ok = False
                 ids_ok[row] = ok
-                start_ns[row] = np.int64(t_start)
+                start_ns[row] = np.int64(t_start)  # >= 2**63 keeps its bits, as `time_column`
                 end_ns[row] = np.int64(t_end)
-                kind[row] = k8
-                status[row] = s8
+                kind[row] = _as_int8(v_kind)
+                status[row] = _as_int8(v_status)
                 code, n_str = _intern(buf, name_a, name_b, ht, strs, n_str)
                 name[row] = code
             elif t == M_RES_KV:
@@ -660,7 +652,8 @@ def decode_spans(data: bytes) -> SpanBatch | None:
     b = scratch[: 2 * n_str].tolist()
     values = [data[b[k] : b[k + 1]].decode("utf-8") for k in range(0, 2 * n_str, 2)]
     cols = dict(zip(_COLUMNS, (*i32[:3], *u64, *i64, *i8, i32[3], i32[4], ids_ok), strict=True))
-    return SpanBatch(None, cols, StringTable(values), {"name", "service"}, wire=data, n_resources=n_res)
+    strings = StringTable.from_index({v: k for k, v in enumerate(values)})  # distinct already
+    return SpanBatch(None, cols, strings, {"name", "service"}, wire=data, n_resources=n_res)
 
 
 def scratch_size(n_spans: int, n_res: int) -> int:
@@ -715,6 +708,6 @@ def warm_up() -> float:
         ]
     )
     batch = decode_spans(req.SerializeToString())
-    if batch is None or len(batch) != 1:
+    if batch is None or len(batch) != 1 or batch.invalid_reasons()[1]:  # compiles that check too
         raise RuntimeError("wire decoder warm-up failed")
     return time.perf_counter() - t0

@@ -65,6 +65,20 @@ class ExportResult:
             resp.partial_success.error_message = self.message
         return resp
 
+    def body(self, signal: Signal, json: bool = False) -> bytes:
+        """The serialized response; a full success (the usual case) is the same bytes every time."""
+        if self.rejected or self.message:
+            msg = self.response(signal)
+            return otlpjson.encode(msg) if json else bytes(msg.SerializeToString())
+        return _FULL_SUCCESS[(signal, json)]
+
+
+_FULL_SUCCESS = {
+    (s, j): otlpjson.encode(t()) if j else bytes(t().SerializeToString())
+    for s, t in RESPONSE_TYPES.items()
+    for j in (False, True)
+}
+
 
 def decode_request(signal: Signal, payload: bytes, json: bool) -> Any:
     cls = REQUEST_TYPES[signal]
@@ -108,10 +122,8 @@ class ExportHandler:
 
     def start_warm_up(self) -> None:
         """Compile (or load cached) the decoder off the event loop; `ready()` turns True when done."""
-        if not self.fast:
-            self._warm_done.set()
-            return
-        json_traces.start_warm_up()  # JSON traces use otlpjson until the transcoder is loaded
+        if self.fast:
+            json_traces.start_warm_up()  # JSON traces use otlpjson until the transcoder is loaded
         threading.Thread(target=self._warm, name="wire-decoder-warm-up", daemon=True).start()
 
     def ready(self) -> bool:
@@ -119,6 +131,14 @@ class ExportHandler:
         return self._warm_done.is_set() and (not self.fast or json_traces.ready())
 
     def _warm(self) -> None:
+        if not self.fast:  # the reference decoder needs only the span checks compiled
+            try:
+                SpanBatch.from_request(trace_pb.ExportTraceServiceRequest()).invalid_reasons()
+            except Exception:  # pragma: no cover - the first request then compiles them
+                self.ctx.logger.exception("span check warm-up failed")
+            finally:
+                self._warm_done.set()
+            return
         try:
             seconds = wire_traces.warm_up()
             self.ctx.logger.info("wire decoder ready", extra={"fields": {"warm_up_s": round(seconds, 3)}})

@@ -132,7 +132,7 @@ class GrpcServer:
                 del request
                 code, details, trailing = failure
                 await context.abort(code, details, trailing_metadata=trailing)
-            return bytes(result.response(signal).SerializeToString())
+            return result.body(signal)
 
         return export
 

@@ -16,7 +16,6 @@ import hmac
 import logging
 import math
 import zlib
-from typing import Any
 
 from aiohttp import web
 from google.rpc import code_pb2, status_pb2
@@ -54,6 +53,8 @@ async def read_body(request: web.BaseRequest, limit: int) -> bytes:
         raise BadEncoding(f"unsupported Content-Encoding {encoding!r}; supported: gzip, deflate, identity")
     if request.content_length is not None and request.content_length > limit:
         raise BodyTooLarge(f"request body of {request.content_length} bytes exceeds the limit of {limit}")
+    if decomp is None:
+        return await _read_plain(request, limit)
     raw_seen = 0
     out = bytearray()
     while True:
@@ -63,9 +64,6 @@ async def read_body(request: web.BaseRequest, limit: int) -> bytes:
         raw_seen += len(chunk)
         if raw_seen > limit:
             raise BodyTooLarge(f"request body exceeds the limit of {limit} bytes")
-        if decomp is None:
-            out += chunk
-            continue
         data = chunk
         while data:
             try:
@@ -78,16 +76,32 @@ async def read_body(request: web.BaseRequest, limit: int) -> bytes:
             data = decomp.unconsumed_tail
             if decomp.eof:
                 break
-    if decomp is not None:
-        try:
-            out += decomp.flush()
-        except zlib.error as exc:
-            raise BadEncoding(f"invalid {encoding} body: {exc}") from None
-        if len(out) > limit:
-            raise BodyTooLarge(f"decompressed request body exceeds the limit of {limit} bytes")
-        if not decomp.eof and raw_seen:
-            raise BadEncoding(f"truncated {encoding} body")
+    try:
+        out += decomp.flush()
+    except zlib.error as exc:
+        raise BadEncoding(f"invalid {encoding} body: {exc}") from None
+    if len(out) > limit:
+        raise BodyTooLarge(f"decompressed request body exceeds the limit of {limit} bytes")
+    if not decomp.eof and raw_seen:
+        raise BadEncoding(f"truncated {encoding} body")
     return bytes(out)
+
+
+async def _read_plain(request: web.BaseRequest, limit: int) -> bytes:
+    """An uncompressed body as it arrived: whatever the connection buffered at each step, joined
+    once (no copy at all when it came in one piece)."""
+    chunks: list[bytes] = []
+    seen = 0
+    while True:
+        chunk = await request.content.readany()
+        if not chunk:
+            break
+        seen += len(chunk)
+        if seen > limit:
+            raise BodyTooLarge(f"request body exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+    body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    return body if type(body) is bytes else bytes(body)
 
 
 def media_type(request: web.BaseRequest) -> str:
@@ -166,7 +180,8 @@ class HttpServer:
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
         cors = self._cors_headers(request)
         resp = await self._dispatch(request, cors)
-        resp.headers.update(cors)
+        if cors:
+            resp.headers.update(cors)
         return resp
 
     async def _dispatch(self, request: web.BaseRequest, cors: dict[str, str]) -> web.StreamResponse:
@@ -227,10 +242,11 @@ class HttpServer:
         except Exception:
             self.logger.exception("unexpected error handling an OTLP/HTTP export")
             return self._status(as_json, 500, code_pb2.INTERNAL, "internal error")
-        msg: Any = result.response(signal)
-        if as_json:
-            return web.Response(status=200, body=otlpjson.encode(msg), headers={"Content-Type": JSON})
-        return web.Response(status=200, body=msg.SerializeToString(), headers={"Content-Type": PROTOBUF})
+        return web.Response(
+            status=200,
+            body=result.body(signal, as_json),
+            headers={"Content-Type": JSON if as_json else PROTOBUF},
+        )
 
     def _preflight(self, request: web.BaseRequest, cors: dict[str, str]) -> web.Response:
         if not cors:

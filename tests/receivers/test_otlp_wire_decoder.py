@@ -13,7 +13,10 @@ import pytest
 import requests
 from google.rpc import status_pb2
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -142,3 +145,51 @@ def test_sdk_spans_arrive_intact_through_the_fast_decoder(gw: Any, monkeypatch: 
     assert [s.attributes[1].value.array_value.values[1].string_value for s in spans] == ["é"] * 5
     assert gw.metric("otelcol_receiver_accepted_spans_total", receiver="otlp", transport="http") >= 5
     assert decoded == [1] * 5  # every request took the fast path (SimpleSpanProcessor: one span each)
+
+
+def _out_of_range_request(tag: str) -> ExportTraceServiceRequest:
+    """Well-formed protobuf (proto3 enums are open int32, times fixed64) the columns cannot hold:
+    span 1 an unknown kind, 2 an unknown status code, 3 a start time past int64, 4 an end time."""
+    req = make_trace_request(5, service=tag)
+    spans = req.resource_spans[0].scope_spans[0].spans
+    for sp in spans:
+        sp.name = f"{tag}-{sp.name}"
+    spans[1].kind = 1000
+    spans[2].status.code = -5000
+    spans[3].start_time_unix_nano = 2**64 - 1
+    spans[4].end_time_unix_nano = 2**63
+    return req
+
+
+@pytest.mark.parametrize("transport", ["http", "grpc"])
+def test_values_past_the_columns_range_are_never_an_internal_error(gw: Any, transport: str) -> None:
+    """Unknown enum values are accepted and forwarded exactly; spans with times past int64 are
+    rejected through partial_success, naming the field and value; both decoders answer alike."""
+    answers = {}
+    for d in DECODERS:
+        tag = f"range-{transport}-{d}"
+        body = _out_of_range_request(tag).SerializeToString()
+        port = gw.ports[d][transport]
+        if transport == "http":
+            r = requests.post(f"http://127.0.0.1:{port}/v1/traces", data=body, headers=PB)
+            assert r.status_code == 200, r.content
+            content = r.content
+        else:
+            with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+                fn = ch.unary_unary(TRACE_METHOD, request_serializer=None, response_deserializer=None)
+                content = fn(body, timeout=10)
+        resp = ExportTraceServiceResponse.FromString(content)
+        assert resp.partial_success.rejected_spans == 2
+        msg = resp.partial_success.error_message
+        assert "2 span(s) with a time past the supported range" in msg
+        assert "start_time_unix_nano=18446744073709551615" in msg
+        answers[d] = content
+
+        def arrived(tag: str = tag) -> list[Any]:
+            return [s for s in spans_in_file(gw.out) if s.name.startswith(tag)]
+
+        spans = wait_until(lambda arrived=arrived: len(arrived()) == 3 and arrived())
+        assert [s.name.removeprefix(tag + "-") for s in spans] == ["span-0", "span-1", "span-2"]
+        assert [s.kind for s in spans] == [3, 1000, 3]  # forwarded exactly, not the column's value
+        assert [s.status.code for s in spans] == [0, 0, -5000]
+    assert answers["fast"] == answers["reference"]
