@@ -312,8 +312,18 @@ def llmgen_wires(n_requests: int, spans: int, pii_share: float, seed: int) -> li
     return out
 
 
+_loop: asyncio.AbstractEventLoop | None = None
+
+
 def one_run(proc: RedactProcessor, wires: list[bytes]) -> tuple[float, int]:
-    """Seconds of consume() over fresh batches of `wires` (pre-parsed, wire kept), and their spans."""
+    """Seconds of consume() over fresh batches of `wires` (pre-parsed, wire kept), and their spans.
+
+    All runs share one event loop, as a gateway does: `asyncio.run` would charge each run the
+    set-up and tear-down of a loop (about 0.2 µs per span at 8 x 512 spans, on both paths).
+    """
+    global _loop
+    if _loop is None:
+        _loop = asyncio.new_event_loop()
     batches = [SpanBatch.from_request(ExportTraceServiceRequest.FromString(w), wire=w) for w in wires]
 
     async def go() -> None:
@@ -321,7 +331,7 @@ def one_run(proc: RedactProcessor, wires: list[bytes]) -> tuple[float, int]:
             await proc.consume(b)
 
     t0 = time.process_time()
-    asyncio.run(go())
+    _loop.run_until_complete(go())
     return time.process_time() - t0, sum(len(b) for b in batches)
 
 

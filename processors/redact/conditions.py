@@ -54,7 +54,7 @@ MAX_ALTS = 64  # alternatives of one expression kept before its sequence is cut 
 UNBOUNDED = -1
 
 # byte flags of the prefilter's main loop (`Tables.flags`)
-F_DIGIT, F_PLUS, F_SEP, F_AT, F_KVSEP, F_HIGH = 1, 2, 4, 8, 16, 32
+F_DIGIT, F_PLUS, F_SEP, F_AT, F_KVSEP, F_HIGH, F_SEQ = 1, 2, 4, 8, 16, 32, 64  # F_SEQ: starts a sequence
 # auxiliary byte classes (`Tables.aux`)
 A_EMAIL_PREV, A_EMAIL_NEXT, A_BLANK, A_QUOTE, A_WORD, A_HEX, A_LABEL = 1, 2, 4, 8, 16, 32, 64
 # rule switches, then where the tables sit in the packed arrays (`Tables.params`)
@@ -381,6 +381,7 @@ def build(
         for b in first:
             by_first[b].append(a)
         bigram[np.ix_(first, sorted(_second_bytes(seq)))] = 1
+    flags[np.flatnonzero(bigram.any(axis=1))] |= F_SEQ  # the bigram table is read only after these
     classes = np.zeros((max(1, len(class_rows)), 256), np.uint8)
     for chars, row in class_rows.items():
         classes[row, sorted(chars)] = 1

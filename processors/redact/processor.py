@@ -80,13 +80,15 @@ A batch received as protobuf keeps its wire bytes (`batch.wire`). A numba walk
 over them (`wire_scan`) flags the items redaction could change, from exact key
 verdicts and necessary conditions of every enabled detector (`conditions`); a
 batch with nothing flagged is passed on untouched (request not even parsed),
-otherwise the reference walk above runs on the flagged items only. The result is
-the same as the reference's, byte for byte (the tests hold it to that). Custom
-patterns from which no necessary literal condition can be derived (say `\d{4}`),
-batches without wire bytes (changed by an earlier processor, or OTLP/JSON the
-receiver did not transcode) and bytes the walk does not expect take the
-reference path; so does the time until the kernels are compiled or loaded (a
-thread started with the processor does it; `sentinel warm-up` fills the cache).
+otherwise the reference walk above runs on the flagged items only (of a span whose
+hits are all in span, event or link attributes, only on those attributes: the
+others provably stay as they are). The result is the same as the reference's,
+byte for byte (the tests hold it to that). Custom patterns from which no
+necessary literal condition can be derived (say `\d{4}`), batches without wire
+bytes (changed by an earlier processor, or OTLP/JSON the receiver did not
+transcode) and bytes the walk does not expect take the reference path; so does
+the time until the kernels are compiled or loaded (a thread started with the
+processor does it; `sentinel warm-up` fills the cache).
 
 Work is synchronous on the event loop; on any unexpected error the batch is not
 passed on (fail closed).
@@ -378,21 +380,48 @@ class RedactProcessor(Processor):
 
     def _spans(self, batch: SpanBatch, totals: Tally, plan: wire_scan.Plan | None = None) -> bool:
         changed = self._resources(batch, totals) if plan is None or plan.resources else False
-        for span in self._items(batch, plan):
+        parts = plan.parts if plan is not None else {}
+        rows = plan.rows.tolist() if parts and plan is not None else []
+        for k, span in enumerate(self._items(batch, plan)):
             t: Tally = {}
-            self._attrs(span.attributes, t)
-            for ev in span.events:
-                self._attrs(ev.attributes, t)
-            for link in span.links:
-                self._attrs(link.attributes, t)
-            if span.HasField("status") and span.status.message:
-                new = self._text(span.status.message, t)
-                if new is not None:
-                    span.status.message = new
+            locs = parts.get(rows[k]) if parts else None
+            if locs is None or not self._span_parts(span, locs, t):
+                self._attrs(span.attributes, t)
+                for ev in span.events:
+                    self._attrs(ev.attributes, t)
+                for link in span.links:
+                    self._attrs(link.attributes, t)
+                if span.HasField("status") and span.status.message:
+                    new = self._text(span.status.message, t)
+                    if new is not None:
+                        span.status.message = new
             if t:
                 changed = True
                 self._finish_item(span.attributes, t, totals)
         return changed
+
+    def _span_parts(self, span: Any, locs: list[int], t: Tally) -> bool:
+        """The reference on the attributes the prefilter listed (the others provably stay as they
+        are); False, before changing anything, when a listed place is not in the span."""
+        places: dict[tuple[int, int], list[int]] = {}
+        for loc in locs:
+            kind, k, idx = wire_scan.where(loc)
+            places.setdefault((kind, k), []).append(idx)
+        todo = []
+        for (kind, k), idxs in places.items():
+            if kind == 0:
+                attrs = span.attributes
+            else:
+                owners = span.events if kind == 1 else span.links
+                if k >= len(owners):
+                    return False
+                attrs = owners[k].attributes
+            if max(idxs) >= len(attrs):
+                return False
+            todo.append((attrs, sorted(set(idxs))))
+        for attrs, idxs in todo:
+            self._attrs(attrs, t, idxs)
+        return True
 
     def _logs(self, batch: LogBatch, totals: Tally, plan: wire_scan.Plan | None = None) -> bool:
         changed = self._resources(batch, totals) if plan is None or plan.resources else False
@@ -434,10 +463,11 @@ class RedactProcessor(Processor):
         return bool(t)
 
     # ------------------------------------------------------------ values
-    def _attrs(self, attrs: Any, t: Tally) -> None:
+    def _attrs(self, attrs: Any, t: Tally, only: list[int] | None = None) -> None:
+        """Scan the values, drop the secret-keyed entries; all of them, or the indexes `only`."""
         drop: list[int] | None = None
         action = self.keys.action
-        for i, kv in enumerate(attrs):
+        for i, kv in enumerate(attrs) if only is None else ((i, attrs[i]) for i in only):
             act = action(kv.key)
             if act == _SCAN:
                 self._value(kv.value, t)

@@ -9,18 +9,18 @@ it is. True means "maybe": the reference decides.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
 
 from processors.redact import conditions as cd
+from processors.redact.kernel import at, inline, kernel
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def _seq_at(buf, p, e, first, count, u8, i32, params):  # pragma: no cover - compiled
     """Whether the byte-class sequence of elements first..first+count matches greedily at p."""
     q = p
     for k in range(first, first + count):
-        at = params[cd.P_ELEMENTS] + 3 * k
-        row, lo, hi = i32[at], i32[at + 1], i32[at + 2]
+        el = params[cd.P_ELEMENTS] + 3 * k
+        row, lo, hi = i32[el], i32[el + 1], i32[el + 2]
         cls = cd.O_CLASSES + 256 * np.int64(row)
         cnt = 0
         while q < e and u8[cls + buf[q]] and (hi < 0 or cnt < hi):
@@ -31,13 +31,13 @@ def _seq_at(buf, p, e, first, count, u8, i32, params):  # pragma: no cover - com
     return True
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def _single(g, chars):  # pragma: no cover - compiled
     """A gap of exactly one of `chars` (g = the gap's byte, or -1)."""
     return g in chars
 
 
-@njit(cache=True, nogil=True, inline="always")
+@inline
 def _boundary(buf, s, t, u8, plus):  # pragma: no cover - compiled
     """Whether a token starts at t, as `patterns._boundary` decides (`plus`: '+' does not start one).
 
@@ -56,7 +56,7 @@ def _boundary(buf, s, t, u8, plus):  # pragma: no cover - compiled
     return False
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def _issuer(buf, t):  # pragma: no cover - compiled
     """patterns.issuer_ok on the digits at t (at least four of them)."""
     first = buf[t] - 48
@@ -73,7 +73,7 @@ def _issuer(buf, t):  # pragma: no cover - compiled
     return False
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def _luhn(buf, a, b):  # pragma: no cover - compiled
     """patterns.luhn_ok on the digits buf[a:b]."""
     total = np.int64(0)
@@ -87,7 +87,7 @@ def _luhn(buf, a, b):  # pragma: no cover - compiled
     return total % 10 == 0
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def _ssn(buf, area, group, serial):  # pragma: no cover - compiled
     """patterns.ssn_ok on the three groups of `ddd-dd-dddd`."""
     a0, a1, a2 = buf[area], buf[area + 1], buf[area + 2]
@@ -100,14 +100,14 @@ def _ssn(buf, area, group, serial):  # pragma: no cover - compiled
     )
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def _chain_hit(plus, n, zero, zero_sep):  # pragma: no cover - compiled
     """A chain read: phone_plus ('+' then >= 8 digits), phone_00 (from '00[1-9]', >= 10 digits, a
     separator between two of them: _phone_00_ok wants one)."""
     return (plus and n >= 8) or (zero >= 0 and zero_sep and n - zero >= 10)
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def cluster_hit(buf, s, i, e, u8, params):  # pragma: no cover - compiled
     """(end of the digit cluster starting at i, whether a digit-shape rule holds in it).
 
@@ -225,7 +225,7 @@ def cluster_hit(buf, s, i, e, u8, params):  # pragma: no cover - compiled
     return j, hit and triple and n_dig >= params[cd.P_MIN_DIGITS]
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def _email_at(buf, s, i, e, u8):  # pragma: no cover - compiled
     """An '@' at i between a local-part character and a domain label (1-63 of [A-Za-z0-9-]) + '.' + alnum."""
     if i == s or not u8[cd.O_AUX + buf[i - 1]] & cd.A_EMAIL_PREV:
@@ -237,7 +237,7 @@ def _email_at(buf, s, i, e, u8):  # pragma: no cover - compiled
     return 1 <= n <= 63 and j + 1 < e and buf[j] == 46 and (u8[cd.O_AUX + buf[j + 1]] & cd.A_EMAIL_NEXT) != 0
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def _kv_hit(buf, s, p, u8, i32, params):  # pragma: no cover - compiled
     """Whether the key before the separator at p ends with a key spelling (ASCII, any case)."""
     j = p
@@ -249,8 +249,8 @@ def _kv_hit(buf, s, p, u8, i32, params):  # pragma: no cover - compiled
             j -= 1
     words = params[cd.P_KV_WORDS]
     for w in range(params[cd.P_KV_COUNT]):
-        at = params[cd.P_KV_INDEX] + 2 * w
-        off, n = words + i32[at], np.int64(i32[at + 1])
+        ix = params[cd.P_KV_INDEX] + 2 * w
+        off, n = words + i32[ix], np.int64(i32[ix + 1])
         if n == 0 or j - s < n:
             continue
         ok = True
@@ -266,7 +266,7 @@ def _kv_hit(buf, s, p, u8, i32, params):  # pragma: no cover - compiled
     return False
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def text_hit(buf, s, e, u8, i32, params):  # pragma: no cover - compiled
     """Whether scanning buf[s:e] (a UTF-8 string) could change it: a necessary condition holds."""
     n = e - s
@@ -285,23 +285,26 @@ def text_hit(buf, s, e, u8, i32, params):  # pragma: no cover - compiled
     mask = (cd.F_DIGIT | cd.F_PLUS if digits else 0) | (cd.F_AT if email else 0) | (cd.F_KVSEP if kv else 0)
     if kv or ci:
         mask |= cd.F_HIGH
+    mask |= cd.F_SEQ
     has_sep = False
     has_special = False
     cluster_end = s
     i = s
     while i < e:
-        b = buf[i]
-        nxt = buf[i + 1] if i + 1 < e else 0
-        f = u8[cd.O_FLAGS + b] & mask
-        seq = u8[cd.O_BIGRAM + ((np.int64(b) << 8) | nxt)]  # the first two bytes of some sequence
-        if f == 0 and seq == 0:
+        b = at(buf, i)
+        f = at(u8, cd.O_FLAGS + b) & mask  # one table load per byte; the bigram only after F_SEQ
+        if f == 0:
             i += 1
             continue
+        seq = 0
+        if f & cd.F_SEQ:
+            nxt = at(buf, i + 1) if i + 1 < e else 0
+            seq = u8[cd.O_BIGRAM + ((np.int64(b) << 8) | nxt)]  # the first two bytes of some sequence
         if seq:
             for k in range(i32[b], i32[b + 1]):
-                at = params[cd.P_ALTS] + 3 * i32[params[cd.P_FIRST_ALT] + k]
-                usable = builtin or not i32[at + 2] & cd.ALT_BUILTIN
-                if usable and _seq_at(buf, i, e, i32[at], i32[at + 1], u8, i32, params):
+                alt = params[cd.P_ALTS] + 3 * i32[params[cd.P_FIRST_ALT] + k]
+                usable = builtin or not i32[alt + 2] & cd.ALT_BUILTIN
+                if usable and _seq_at(buf, i, e, i32[alt], i32[alt + 1], u8, i32, params):
                     return True
         if f & (cd.F_DIGIT | cd.F_PLUS) and i >= cluster_end:
             end, hit = cluster_hit(buf, s, i, e, u8, params)

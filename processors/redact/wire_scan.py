@@ -23,9 +23,14 @@ their keys is dropped). Anything the walk does not expect (malformed bytes,
 unexpected wire types, nesting deeper than MAX_DEPTH) makes it give up, and the
 reference path decides, with the protobuf library's errors.
 
+Cost: the kernels allocate nothing and are compiled without reference counting
+(`kernel`); keys are compared a word at a time (`keytable`); short strings found
+clean once are not checked again (`valuecache`, one per scanner).
+
 Numba's cache keys each kernel on its own file only: after editing `textcheck`,
-`keytable` or `gateway/wire/pb.py`, delete `processors/redact/__pycache__/*.nb?`
-so the walk is not loaded with the old code of what it calls.
+`keytable`, `valuecache`, `kernel` or `gateway/wire/pb.py`, delete
+`processors/redact/__pycache__/*.nb?` so the walk is not loaded with the old code of
+what it calls.
 """
 
 from __future__ import annotations
@@ -36,14 +41,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-from numba import njit
 
 from gateway.batch import Batch, Signal
-from gateway.wire.pb import LEN, as_array, read_len, read_tag, skip_field
+from gateway.wire.pb import LEN, MALFORMED, as_array, read_len, read_tag, skip_field
 from processors.redact import conditions as cd
+from processors.redact import valuecache as vc
+from processors.redact.kernel import at, inline, kernel
 from processors.redact.keytable import ACT_ALLOW, ACT_DROP, ACT_SCAN, ACT_UNKNOWN, KeyTable, key_action
 from processors.redact.patterns import CATEGORIES
 from processors.redact.textcheck import text_hit
+from processors.redact.valuecache import ValueCache
 
 # ---------------------------------------------------------------- walk
 OK, UNSURE = 0, 1
@@ -82,8 +89,20 @@ N_KINDS = 23
 R_NONE, R_TEXT, R_KV_SCAN, R_KV_KEYS, R_ANY_SCAN, R_ITEM = -1, -2, -3, -4, -5, -6
 # item frame kind by signal
 ITEM_KIND = np.array([K_SPAN, K_LOG, K_METRIC], np.int64)
-# walk state (`st`): current item (-1: resource/scope level), resource-level hit, unknown keys, items seen
-S_TARGET, S_RES_HIT, S_UNKNOWN, S_ITEMS = range(4)
+# walk state (`st`): current item (-1: resource/scope level), resource-level hit, unknown keys, items
+# seen, where a hit now is (`loc`), hits recorded, the last one recorded (item, loc)
+S_TARGET, S_RES_HIT, S_UNKNOWN, S_ITEMS, S_LOC, S_HITS, S_LAST_ITEM, S_LAST_LOC = range(8)
+# scratch rows: frame kinds, starts, ends; the walk state; per frame its `loc` (a container's code
+# for events and links), and its counts of attributes, events and links seen
+R_KIND, R_POS, R_END, R_STATE, R_LOC, R_ATTRS, R_EVENTS, R_LINKS = range(8)
+SCRATCH = (8, MAX_DEPTH)
+# Where in a span a hit is: container * LOC_SHIFT + attribute index; container 0 = the span's
+# attributes, 1 + 2k = event k's, 2 + 2k = link k's. WHOLE: anywhere else (status, logs, metrics).
+LOC_SHIFT = 1 << 24
+WHOLE = -1
+MAX_HITS = 4096
+# item flags: some attributes hit (listed in `hits`), or the whole item to the reference
+F_PARTS, F_WHOLE = 1, 2
 
 
 def _routes() -> np.ndarray:
@@ -173,57 +192,127 @@ FIELDS = {
 }
 
 
-@njit(cache=True, nogil=True, inline="always")
-def _hit(st, item_flags):  # pragma: no cover - compiled
-    if st[S_TARGET] < 0:
+@inline
+def _tag(buf, p, end):  # pragma: no cover - compiled
+    """read_tag, with the one-byte tags (field numbers 1-15: all the walk follows) read inline."""
+    if p < end:
+        t = np.int64(at(buf, p))
+        if 8 <= t < 0x80:
+            return t >> 3, t & 7, p + 1
+    return read_tag(buf, p, end)
+
+
+@inline
+def _len(buf, p, end):  # pragma: no cover - compiled
+    """read_len, with one-byte lengths (most keys and short values) read inline."""
+    if p < end:
+        n = np.int64(at(buf, p))
+        if n < 0x80:
+            if n > end - p - 1:
+                return MALFORMED, MALFORMED
+            return p + 1, p + 1 + n
+    return read_len(buf, p, end)
+
+
+@inline
+def _hit(st, item_flags, hits):  # pragma: no cover - compiled
+    """Record a hit at `st[S_LOC]` of the current item (or of the resource level)."""
+    t = st[S_TARGET]
+    if t < 0:
         st[S_RES_HIT] = 1
-    else:
-        item_flags[st[S_TARGET]] = 1
+        return
+    loc = st[S_LOC]
+    if item_flags[t] == F_WHOLE or (st[S_LAST_ITEM] == t and st[S_LAST_LOC] == loc):
+        return
+    n = st[S_HITS]
+    if loc < 0 or n >= hits.shape[0]:
+        item_flags[t] = F_WHOLE
+        return
+    hits[n, 0] = t
+    hits[n, 1] = loc
+    st[S_HITS] = n + 1
+    st[S_LAST_ITEM] = t
+    st[S_LAST_LOC] = loc
+    item_flags[t] = F_PARTS
 
 
-@njit(cache=True, nogil=True, inline="always")
-def _text(buf, a, b, u8, i32, params):  # pragma: no cover - compiled
-    """text_hit, without the call for the many strings too short for anything (and not cut)."""
+@inline
+def _need(st, item_flags):  # pragma: no cover - compiled
+    """Whether a string check here can still add a hit."""
+    t = st[S_TARGET]
+    if t < 0:
+        return True
+    f = item_flags[t]
+    if f == F_WHOLE:
+        return False
+    return f == 0 or st[S_LAST_ITEM] != t or st[S_LAST_LOC] != st[S_LOC]
+
+
+@kernel
+def _cached_text(buf, a, b, u8, i32, params, cache):  # pragma: no cover - compiled
+    """text_hit, for a short string only when it was not found clean before (`valuecache`).
+
+    Compiled once and called: inlined at each of the walk's string sites it would multiply the
+    kernel's size (and compile time)."""
+    n = b - a
+    if n == 0 or n > vc.MAX_LEN:
+        return text_hit(buf, a, b, u8, i32, params)
+    slots, count = cache
+    found, slot = vc.lookup(slots, buf, a, n)
+    if found:
+        return False
+    if text_hit(buf, a, b, u8, i32, params):
+        return True
+    vc.insert(slots, count, slot, buf, a, n)
+    return False
+
+
+@inline
+def _text(buf, a, b, u8, i32, params, cache):  # pragma: no cover - compiled
+    """Whether the string buf[a:b] could change; no call for the many too short for anything."""
     n = b - a
     if n < params[cd.P_MIN_LEN] and params[cd.P_CUSTOM] == 0 and not 0 < params[cd.P_MAX_LEN] < n:
         return False
-    return text_hit(buf, a, b, u8, i32, params)
+    return _cached_text(buf, a, b, u8, i32, params, cache)
 
 
-@njit(cache=True, nogil=True, inline="always")
-def _push(kind, pos, end, sp, k, a, b):  # pragma: no cover - compiled
+@inline
+def _push(fr, sp, k, a, b, loc):  # pragma: no cover - compiled
     """Push a frame; -1 when the nesting is deeper than MAX_DEPTH."""
     if sp >= MAX_DEPTH:
         return -1
-    kind[sp] = k
-    pos[sp] = a
-    end[sp] = b
+    fr[R_KIND, sp] = k
+    fr[R_POS, sp] = a
+    fr[R_END, sp] = b
+    fr[R_LOC, sp] = loc
+    fr[R_ATTRS, sp] = 0
+    fr[R_EVENTS, sp] = 0
+    fr[R_LINKS, sp] = 0
     return sp + 1
 
 
-@njit(cache=True, nogil=True, inline="always")
-def _any(buf, a, b, scan, kind, pos, end, sp, st, item_flags, u8, i32, params):  # pragma: no cover - compiled
+@inline
+def _any(buf, a, b, scan, fr, sp, st, item_flags, hits, u8, i32, params, cache):  # pragma: no cover
     """An AnyValue: check its string (scan), push its array (scan) and kvlist; new sp, -1 to give up."""
     q = a
     while q < b:
-        field, wt, q = read_tag(buf, q, b)
+        field, wt, q = _tag(buf, q, b)
         if q < 0:
             return -1
         if field == 6 or (scan and (field == 1 or field == 5)):
             if wt != LEN:
                 return -1
-            x, y = read_len(buf, q, b)
+            x, y = _len(buf, q, b)
             if x < 0:
                 return -1
             q = y
             if field == 1:
-                t = st[S_TARGET]
-                if (t < 0 or item_flags[t] == 0) and _text(buf, x, y, u8, i32, params):
-                    _hit(st, item_flags)
+                if _need(st, item_flags) and _text(buf, x, y, u8, i32, params, cache):
+                    _hit(st, item_flags, hits)
             elif field == 5:
-                sp = _push(kind, pos, end, sp, K_ARRAY_SCAN, x, y)
+                sp = _push(fr, sp, K_ARRAY_SCAN, x, y, st[S_LOC])
             else:
-                sp = _push(kind, pos, end, sp, K_KVLIST_SCAN if scan else K_KVLIST_KEYS, x, y)
+                sp = _push(fr, sp, K_KVLIST_SCAN if scan else K_KVLIST_KEYS, x, y, st[S_LOC])
             if sp < 0:
                 return -1
         else:
@@ -233,22 +322,22 @@ def _any(buf, a, b, scan, kind, pos, end, sp, st, item_flags, u8, i32, params): 
     return sp
 
 
-@njit(cache=True, nogil=True, inline="always")
+@inline
 def _kv(  # pragma: no cover - compiled
-    buf, a, b, scan, kind, pos, end, sp, st, item_flags, unknown, k_hash, k_meta, k_buf, u8, i32, params
+    buf, a, b, scan, fr, sp, st, item_flags, hits, unknown, keys, u8, i32, params, cache
 ):
     """A KeyValue: the key's verdict (the last key field wins, as in protobuf), then its value(s)."""
     ka = kb = va = vb = a
     n_values = 0
     q = a
     while q < b:
-        field, wt, q = read_tag(buf, q, b)
+        field, wt, q = _tag(buf, q, b)
         if q < 0:
             return -1
         if field == 1 or field == 2:
             if wt != LEN:
                 return -1
-            x, y = read_len(buf, q, b)
+            x, y = _len(buf, q, b)
             if x < 0:
                 return -1
             q = y
@@ -261,6 +350,7 @@ def _kv(  # pragma: no cover - compiled
             q = skip_field(buf, q, b, wt)
             if q < 0:
                 return -1
+    k_hash, k_meta, k_buf = keys
     act = key_action(buf, ka, kb, k_hash, k_meta, k_buf)
     if act == ACT_UNKNOWN:
         n = st[S_UNKNOWN]
@@ -269,18 +359,18 @@ def _kv(  # pragma: no cover - compiled
             unknown[n, 1] = kb
             st[S_UNKNOWN] = n + 1
     if act in (ACT_DROP, ACT_UNKNOWN):
-        _hit(st, item_flags)
+        _hit(st, item_flags, hits)
     if act in (ACT_ALLOW, ACT_DROP) or n_values == 0:
         return sp
     if n_values == 1:
-        return _any(buf, va, vb, scan, kind, pos, end, sp, st, item_flags, u8, i32, params)
+        return _any(buf, va, vb, scan, fr, sp, st, item_flags, hits, u8, i32, params, cache)
     q = a  # several values (merged by protobuf): each one
     while q < b:
-        field, wt, q = read_tag(buf, q, b)
+        field, wt, q = _tag(buf, q, b)
         if field == 2:
-            x, y = read_len(buf, q, b)
+            x, y = _len(buf, q, b)
             q = y
-            sp = _any(buf, x, y, scan, kind, pos, end, sp, st, item_flags, u8, i32, params)
+            sp = _any(buf, x, y, scan, fr, sp, st, item_flags, hits, u8, i32, params, cache)
             if sp < 0:
                 return -1
         else:
@@ -288,24 +378,36 @@ def _kv(  # pragma: no cover - compiled
     return sp
 
 
-@njit(cache=True, nogil=True)
-def scan_wire(buf, signal, item_flags, unknown, keys, tables):  # pragma: no cover - compiled
-    """Walk an Export request; returns (status, items seen, unknown keys recorded, resource-level hit).
+@kernel
+def scan_wire(buf, signal, item_flags, hits, unknown, keys, tables, scratch, cache):  # pragma: no cover
+    """Walk an Export request; returns (status, items seen, unknown keys recorded, resource-level hit,
+    hits recorded).
 
-    `item_flags[k]` is set to 1 for each item (in request order) redaction could change;
-    `unknown[:n]` receives (start, stop) of keys the table does not know (treated as dropped).
-    `keys` is `KeyTable.args()`, `tables` `Tables.kernel_args()`.
+    `item_flags[k]` is set for each item (in request order) redaction could change: F_PARTS when
+    only span, event or link attributes could, each listed in `hits[:n]` as (item, loc); F_WHOLE
+    otherwise. `unknown[:n]` receives (start, stop) of keys the table does not know (treated as
+    dropped).
+    `keys` is `KeyTable.args()`, `tables` `Tables.kernel_args()`, `scratch` an int64 array of
+    `SCRATCH` (the frame stack and the walk state: the kernel allocates nothing), `cache`
+    `ValueCache.args()`.
     """
     n_items = item_flags.shape[0]
-    kh, km, kbuf = keys
     u8, i32, prm = tables
-    kind = np.empty(MAX_DEPTH, np.int64)
-    pos = np.empty(MAX_DEPTH, np.int64)
-    end = np.empty(MAX_DEPTH, np.int64)
-    st = np.zeros(4, np.int64)
+    fr = scratch
+    kind = scratch[R_KIND]
+    pos = scratch[R_POS]
+    end = scratch[R_END]
+    st = scratch[R_STATE]
     st[S_TARGET] = -1
+    st[S_RES_HIT] = 0
+    st[S_UNKNOWN] = 0
+    st[S_ITEMS] = 0
+    st[S_LOC] = WHOLE
+    st[S_HITS] = 0
+    st[S_LAST_ITEM] = -1
+    st[S_LAST_LOC] = WHOLE
     item_kind = ITEM_KIND[signal]
-    sp = _push(kind, pos, end, 0, K_REQ, 0, buf.shape[0])
+    sp = _push(fr, 0, K_REQ, 0, buf.shape[0], WHOLE)
     while sp > 0:
         top = sp - 1
         p = pos[top]
@@ -313,7 +415,7 @@ def scan_wire(buf, signal, item_flags, unknown, keys, tables):  # pragma: no cov
         if p >= stop:
             sp -= 1
             continue
-        field, wt, p = read_tag(buf, p, stop)
+        field, wt, p = _tag(buf, p, stop)
         if p < 0:
             break
         route = ROUTE[kind[top], field] if field < 16 else R_NONE
@@ -325,21 +427,30 @@ def scan_wire(buf, signal, item_flags, unknown, keys, tables):  # pragma: no cov
                 break
             pos[top] = p
             continue
-        a, b = read_len(buf, p, stop)
+        a, b = _len(buf, p, stop)
         if a < 0:
             break
         pos[top] = b
         if route == R_NONE:
             continue
         if route in (R_KV_SCAN, R_KV_KEYS):
+            k = kind[top]
+            if k in (K_SPAN, K_EVENT, K_LINK):  # an attribute of a span, event or link
+                cont = 0 if k == K_SPAN else fr[R_LOC, top]
+                idx = fr[R_ATTRS, top]
+                fr[R_ATTRS, top] = idx + 1
+                st[S_LOC] = cont * LOC_SHIFT + idx if idx < LOC_SHIFT else WHOLE
+            else:  # nested (where its attribute is), or elsewhere (WHOLE)
+                st[S_LOC] = fr[R_LOC, top]
             scan = route == R_KV_SCAN
-            sp = _kv(buf, a, b, scan, kind, pos, end, sp, st, item_flags, unknown, kh, km, kbuf, u8, i32, prm)
-        elif route == R_TEXT:
-            t = st[S_TARGET]
-            if (t < 0 or item_flags[t] == 0) and _text(buf, a, b, u8, i32, prm):
-                _hit(st, item_flags)
-        elif route == R_ANY_SCAN:
-            sp = _any(buf, a, b, True, kind, pos, end, sp, st, item_flags, u8, i32, prm)
+            sp = _kv(buf, a, b, scan, fr, sp, st, item_flags, hits, unknown, keys, u8, i32, prm, cache)
+        elif route == R_TEXT:  # a status message: WHOLE
+            st[S_LOC] = fr[R_LOC, top]
+            if _need(st, item_flags) and _text(buf, a, b, u8, i32, prm, cache):
+                _hit(st, item_flags, hits)
+        elif route == R_ANY_SCAN:  # a log body (WHOLE) or an array element (where its attribute is)
+            st[S_LOC] = fr[R_LOC, top]
+            sp = _any(buf, a, b, True, fr, sp, st, item_flags, hits, u8, i32, prm, cache)
         else:
             child = route
             if route == R_ITEM:
@@ -350,11 +461,20 @@ def scan_wire(buf, signal, item_flags, unknown, keys, tables):  # pragma: no cov
                 st[S_ITEMS] += 1
             elif route in (K_RESOURCE, K_SCOPE):
                 st[S_TARGET] = -1
-            sp = _push(kind, pos, end, sp, child, a, b)
+            loc = WHOLE
+            if route == K_EVENT:
+                n = fr[R_EVENTS, top]
+                fr[R_EVENTS, top] = n + 1
+                loc = 1 + 2 * n
+            elif route == K_LINK:
+                n = fr[R_LINKS, top]
+                fr[R_LINKS, top] = n + 1
+                loc = 2 + 2 * n
+            sp = _push(fr, sp, child, a, b, loc)
         if sp < 0:
             break
     status = OK if sp == 0 else UNSURE
-    return status, st[S_ITEMS], st[S_UNKNOWN], st[S_RES_HIT] != 0
+    return status, st[S_ITEMS], st[S_UNKNOWN], st[S_RES_HIT] != 0, st[S_HITS]
 
 
 # ---------------------------------------------------------------- driver
@@ -363,10 +483,12 @@ _SIGNALS = {Signal.TRACES: SIG_TRACES, Signal.LOGS: SIG_LOGS, Signal.METRICS: SI
 
 @dataclass(frozen=True)
 class Plan:
-    """What the reference must still look at: resources/scopes, and these rows (items)."""
+    """What the reference must still look at: resources/scopes, and these rows (items); of a row
+    in `parts`, only the attributes listed there (as `where` decodes them), of the others all."""
 
     resources: bool
     rows: np.ndarray  # int64, ascending
+    parts: dict[int, list[int]]
 
     @property
     def clean(self) -> bool:
@@ -381,6 +503,10 @@ class WireScanner:
         self._args = tables.kernel_args()
         self.keys = KeyTable(classify)
         self._unknown = np.zeros((MAX_UNKNOWN, 2), np.int64)
+        self._scratch = np.zeros(SCRATCH, np.int64)
+        self._hits = np.zeros((MAX_HITS, 2), np.int64)
+        self.cache = ValueCache()
+        self._cache = self.cache.args()
 
     def plan(self, batch: Batch) -> Plan | None:
         wire = batch.wire
@@ -393,9 +519,19 @@ class WireScanner:
         n = len(batch)
         for attempt in range(2):
             flags = np.zeros(n, np.uint8)
-            status, items, n_unknown, res_hit = scan_wire(
-                buf, signal, flags, self._unknown, self.keys.args(), self._args
+            status, items, n_unknown, res_hit, n_hits = scan_wire(
+                buf,
+                signal,
+                flags,
+                self._hits,
+                self._unknown,
+                self.keys.args(),
+                self._args,
+                self._scratch,
+                self._cache,
             )
+            if self.cache.full:
+                self.cache.clear()
             if status != OK or items != n:
                 return None
             if not n_unknown or attempt:
@@ -403,7 +539,20 @@ class WireScanner:
             for a, b in self._unknown[:n_unknown].tolist():
                 if not self.keys.add(wire[a:b]):
                     return None
-        return Plan(bool(res_hit), np.flatnonzero(flags))
+        parts: dict[int, list[int]] = {}
+        if n_hits:
+            for row, loc in self._hits[:n_hits].tolist():
+                if flags[row] == F_PARTS:
+                    parts.setdefault(row, []).append(loc)
+        return Plan(bool(res_hit), np.flatnonzero(flags), parts)
+
+
+def where(loc: int) -> tuple[int, int, int]:
+    """A hit's place: (0 span / 1 event / 2 link, which event or link, attribute index)."""
+    cont, idx = divmod(loc, LOC_SHIFT)
+    if cont == 0:
+        return 0, 0, idx
+    return (1, (cont - 1) // 2, idx) if cont % 2 else (2, (cont - 2) // 2, idx)
 
 
 _warm_lock = threading.Lock()
@@ -432,8 +581,11 @@ def warm_up() -> float:
                     SIG_TRACES,
                     np.zeros(1, np.uint8),
                     np.zeros((1, 2), np.int64),
+                    np.zeros((1, 2), np.int64),
                     keys.args(),
                     tables.kernel_args(),
+                    np.zeros(SCRATCH, np.int64),
+                    ValueCache().args(),
                 )
             _warm_seconds = time.perf_counter() - t0
         return _warm_seconds

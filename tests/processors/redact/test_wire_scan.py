@@ -166,7 +166,15 @@ def test_odd_wire_still_equals_reference(req: ExportTraceServiceRequest, data: s
         flags = np.zeros(64, np.uint8)
         unknown = np.zeros((8, 2), np.int64)
         status, *_ = wire_scan.scan_wire(
-            wire_scan.as_array(raw), 0, flags, unknown, scanner.keys.args(), tables.kernel_args()
+            wire_scan.as_array(raw),
+            0,
+            flags,
+            np.zeros((4, 2), np.int64),
+            unknown,
+            scanner.keys.args(),
+            tables.kernel_args(),
+            np.zeros(wire_scan.SCRATCH, np.int64),
+            scanner.cache.args(),
         )
         assert status in (wire_scan.OK, wire_scan.UNSURE)
         return
@@ -379,9 +387,44 @@ def test_only_flagged_items_are_visited() -> None:
     proc, _, _ = make(True)
     plan = proc.wire.plan(batch_of(SpanBatch, wire)) if proc.wire else None
     assert plan is not None and not plan.resources and plan.rows.tolist() == [7, 31]
+    assert [wire_scan.where(loc) for loc in plan.parts[7]] == [(1, 0, 0)]  # event 0, attribute 0
+    assert 31 not in plan.parts  # a status message: the whole span
     a, kept, untouched = run_both(SpanBatch, wire, {})
     assert not untouched and not kept
     assert b"jane@example.org" not in a.serialize() and b"4111" not in a.serialize()
+
+
+def test_flagged_spans_list_the_attributes_that_hit() -> None:
+    """Drops, nested kvlists and arrays, events and links: the places listed, same output."""
+    req = ExportTraceServiceRequest()
+    sp = req.resource_spans.add().scope_spans.add().spans.add(name="a", trace_id=bytes(16), span_id=bytes(8))
+    sp.attributes.add(key="gen_ai.request.model").value.string_value = "gpt-4o-mini-2024-07-18"
+    sp.attributes.add(key="db.password").value.string_value = "hunter2"
+    sp.attributes.add(key="note").value.string_value = "nothing to see"
+    nested = sp.attributes.add(key="ctx").value.kvlist_value.values
+    nested.add(key="who").value.string_value = "ok"
+    nested.add(key="inner").value.kvlist_value.values.add(key="mail").value.string_value = "a@b.co"
+    arr = sp.attributes.add(key="list").value.array_value.values
+    arr.add(string_value="plain")
+    arr.add(string_value="+1 415 555 2671 and +1 415 555 2672")
+    sp.events.add(name="e0").attributes.add(key="x").value.string_value = "clean"
+    ev = sp.events.add(name="e1").attributes
+    for k in ("a", "b"):
+        ev.add(key=k).value.string_value = "clean text"
+    ev.add(key="c").value.string_value = "ssn 123-45-6789"
+    sp.links.add(trace_id=bytes(16), span_id=bytes(8)).attributes.add(key="Cookie").value.string_value = "1"
+    wire = req.SerializeToString()
+    proc, _, _ = make(True)
+    assert proc.wire is not None
+    plan = proc.wire.plan(batch_of(SpanBatch, wire))
+    assert plan is not None and plan.rows.tolist() == [0]
+    got = sorted(wire_scan.where(loc) for loc in plan.parts[0])
+    assert got == [(0, 0, 1), (0, 0, 3), (0, 0, 4), (1, 1, 2), (2, 0, 0)]
+    a, kept, _ = run_both(SpanBatch, wire, {})
+    assert not kept
+    out = a.serialize()
+    assert b"hunter2" not in out and b"a@b.co" not in out and b"555" not in out and b"6789" not in out
+    assert b"Cookie" not in out and b"gpt-4o-mini-2024-07-18" in out
 
 
 def test_secret_resource_key_flags_the_resources_only() -> None:
