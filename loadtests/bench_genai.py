@@ -12,8 +12,11 @@ Measured per input, in CPU time, best of `--repeat` runs over all its requests, 
 batch built from the already decoded request (decoding is not timed):
 `extract()` on the reference path (protobuf objects, per span Python) and on the
 wire path (`batch.wire`), then the processor's whole `annotate()` (extraction,
-pricing, sanity rules, metrics) both ways. Baseline in the same run: the protobuf
-decode plus column build (`SpanBatch.from_request`), the step every span already pays.
+pricing, sanity rules, metrics) both ways. The wire path's sub-steps: the scan
+kernel alone, then `resolve_wire` (scan, per-string meanings, precedence rules,
+reasons, interning); `annotate, wire` minus that is pricing, rules, metrics and
+columns. Baseline in the same run: the protobuf decode plus column build
+(`SpanBatch.from_request`), the step every span already pays.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -38,10 +42,11 @@ from gateway.telemetry import SelfTelemetry  # noqa: E402
 from loadtests.llmgen import TrafficConfig, generate_chunks  # noqa: E402
 from processors.genai import FACTORY, GenAIProcessor  # noqa: E402
 from processors.genai.extract import extract  # noqa: E402
-from processors.genai.wire_extract import warm_up  # noqa: E402
+from processors.genai.wire_extract import resolve_wire, warm_up  # noqa: E402
+from processors.genai.wire_scan import scan_wire  # noqa: E402
 
 FIXTURES = REPO / "tests" / "fixtures" / "genai"
-extract_module = importlib.import_module("processors.genai.extract")  # the package re-exports `extract`
+extract_module: Any = importlib.import_module("processors.genai.extract")  # the package re-exports `extract`
 
 
 def fixture_requests(n_spans: int, n_requests: int) -> list[bytes]:
@@ -124,15 +129,24 @@ def bench(name: str, wires: list[bytes], repeat: int) -> None:
 
     print(f"\n{name}: {len(wires)} requests, {spans} spans, {size / 1e3:.0f} kB/request")
     print(f"  {'step':<28}{'us/span':>9}{'spans/s':>13}")
+
+    def scan(b: SpanBatch) -> object:
+        assert b.wire is not None
+        return scan_wire(bytes(b.wire), len(b))
+
     rows = {
         "decode + columns (baseline)": timed(wires, decode, repeat),
         "extract, reference": timed(wires, lambda b: extract(b, reference=True), repeat),
         "extract, wire": timed(wires, extract, repeat),
+        "  wire: scan kernel": timed(wires, scan, repeat),
+        "  wire: resolve_wire": timed(wires, resolve_wire, repeat),
         "annotate, reference": timed(wires, reference(proc.annotate), repeat),
         "annotate, wire": timed(wires, proc.annotate, repeat),
     }
     for step, seconds in rows.items():
         print(f"  {step:<28}{seconds / spans * 1e6:>9.2f}{spans / seconds:>13,.0f}")
+    rest = rows["annotate, wire"] - rows["  wire: resolve_wire"]
+    print(f"  {'  wire: price, rules, metrics':<28}{rest / spans * 1e6:>9.2f}")
     ex = rows["extract, reference"] / rows["extract, wire"]
     an = rows["annotate, reference"] / rows["annotate, wire"]
     print(f"  speed-up wire vs reference: extract {ex:.1f}x, annotate {an:.1f}x")

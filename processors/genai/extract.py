@@ -310,8 +310,13 @@ class Extracted:
         )
 
 
-# When False, `extract` always takes the reference path (tests, debugging).
+# When False, `extract` and the processor always take the reference path (tests, debugging).
 WIRE_FAST_PATH = True
+
+
+def wire_enabled() -> bool:
+    """WIRE_FAST_PATH as it is now (for modules that imported this one's names before a switch)."""
+    return WIRE_FAST_PATH
 
 
 def latency_of(batch: SpanBatch) -> np.ndarray:

@@ -24,6 +24,10 @@ class ValidationRules(ComponentConfig):
     max_cost_usd: float = Field(default=100.0, gt=0, description="Most a single call may plausibly cost.")
 
 
+# The rules in the order `apply_rules` counts them.
+RULES = ("latency_range", "ttft_range", "token_limit", "cost_limit")
+
+
 def _out_of_range(values: np.ndarray, high: float) -> np.ndarray:
     with np.errstate(invalid="ignore"):
         return ~np.isnan(values) & ((values < 0) | (values > high))

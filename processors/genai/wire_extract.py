@@ -6,20 +6,27 @@ Three steps, none of them per span in Python:
 2. here, once per distinct string, what it means, with the very helpers the
    reference uses (`_number`, `_json_field`, `_stream_flag`, lower-casing, the
    operation tables, the rate-limit regex), as pool ids and numbers (`props`);
-3. `wire_resolve.resolve` (numba) applies the precedence rules per span.
+3. `wire_resolve.resolve` (numba) applies the precedence rules per span and,
+   in the same call, `finish` (first reason, truncation, latency, the order
+   the reference interns strings in).
 Finish reasons held in JSON strings are parsed once per distinct string; spans
 the scan cannot vouch for are parsed alone with `Span.FromString` and go
-through `span_facts`, the reference logic. Strings enter the batch's table in
-the reference's order, so both paths give the same codes.
+through `span_facts`, the reference logic (then `finish` runs after them).
+Strings enter the batch's table in the reference's order, so both paths give
+the same codes.
 
-`extract_wire` returns None when the bytes are malformed or are not the
-batch's spans; `extract` then takes the reference path.
+`resolve_wire` returns that as pool ids plus the pool-id → code map (what the
+processor's accounting kernels take); `extract_wire` turns it into `Extracted`.
+Both return None when the bytes are malformed or are not the batch's spans;
+the reference path then answers.
 """
 
 from __future__ import annotations
 
+import math
 import threading
 import time
+from typing import NamedTuple
 
 import numpy as np
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
@@ -34,12 +41,15 @@ from processors.genai.extract import (
     _json_field,
     _number,
     _stream_flag,
-    latency_of,
     row_strings,
     span_facts,
 )
 from processors.genai.families import LLM_OPERATIONS, OPENINFERENCE_KINDS, REQUEST_TYPES, TRUNCATION_REASONS
+from processors.genai.wire_account import account, group
 from processors.genai.wire_resolve import (
+    C_CHAT,
+    C_EMBEDDINGS,
+    C_OTHER,
     CHAINS,
     FLOAT_ROWS,
     PROP_DEFAULTS,
@@ -57,7 +67,7 @@ from processors.genai.wire_resolve import (
     SRC_JSON,
     SRC_MESSAGES,
     STRING_ROWS,
-    first_use,
+    finish,
     resolve,
 )
 from processors.genai.wire_scan import (
@@ -76,16 +86,30 @@ from processors.genai.wire_scan import (
 )
 
 PARAMS = "llm.invocation_parameters"
-_NON_STRING_VALUE = np.array([False, False, False, True, True, True, True, True])  # by AnyValue kind
 _STREAM_WORDS = {"true": 1, "false": 0}
+_CONST_STRINGS = ("chat", "embeddings", "_OTHER")  # in wire_resolve's C_CHAT, C_EMBEDDINGS, C_OTHER order
+_CONST_INDEX = {v: i for i, v in enumerate(_CONST_STRINGS)}
+CONSTS = np.arange(len(_CONST_STRINGS), dtype=np.int64)
+if (C_CHAT, C_EMBEDDINGS, C_OTHER) != (0, 1, 2):
+    raise ImportError("the pool's first strings must follow wire_resolve's C_* positions")
+_DEFAULTS = PROP_DEFAULTS[:R_LEN].tolist()  # a column of `props` but its length, which comes last
+_EMPTY_COLUMN = PROP_DEFAULTS.tolist()  # the column of "" (no string)
+if len(PROP_DEFAULTS) - 1 != R_LEN:
+    raise ImportError("R_LEN must be the last row of props")
+# Keys whose truthy non-string values the reference prints (as reasons, error types): spans with them
+# go to the reference.
+_PRINTED = np.array([SLOT["llm.finish_reason"], SLOT["error.type"]], dtype=np.int64)
 
 
 class _Pool:
-    """Output strings by first use; they enter the batch's table at the end, in the reference's order."""
+    """Output strings by first use; they enter the batch's table at the end, in the reference's order.
+
+    The strings `resolve` names itself come first (ids 0, 1, 2: `CONSTS`); an id only reserves a
+    string, it enters the table when a call uses it."""
 
     def __init__(self) -> None:
-        self.values: list[str] = []
-        self._index: dict[str, int] = {}
+        self.values: list[str] = list(_CONST_STRINGS)
+        self._index: dict[str, int] = dict(_CONST_INDEX)
 
     def id(self, value: str | None) -> int:
         if value is None:
@@ -106,37 +130,42 @@ def _json_model(text: str, pool: _Pool) -> int:
 
 
 def _properties(wire: bytes, scan: Scan, pool: _Pool) -> tuple[np.ndarray, np.ndarray]:
-    """What each distinct string means (rows R_* of `props`, numbers in `pnum`), for what it is read for."""
-    lo, hi = scan.str_lo.tolist(), scan.str_hi.tolist()
-    n = len(lo)
-    props = np.repeat(PROP_DEFAULTS[:, None], n + 1, axis=1)
-    props[R_LEN, :n] = scan.str_hi - scan.str_lo
-    pnum = np.full(n + 1, np.nan)
-    needs = scan.str_need.tolist()
-    for s in range(n):
+    """What each distinct string means (rows R_* of `props`, numbers in `pnum`), for what it is read for.
+
+    Built as Python lists, one column per string, and converted once: per-element numpy writes cost
+    more than the work itself."""
+    lo, hi, needs = scan.str_lo.tolist(), scan.str_hi.tolist(), scan.str_need.tolist()
+    pid = pool.id
+    columns = []
+    numbers = []
+    for s in range(len(lo)):
         need = needs[s]
         t = wire[lo[s] : hi[s]].decode()
-        if need & NEED_NUMBER:
-            pnum[s] = _number(t)
+        col = [*_DEFAULTS, hi[s] - lo[s]]
+        numbers.append(_number(t) if need & NEED_NUMBER else math.nan)
         if need & NEED_ID:
-            props[R_ID, s] = pool.id(t or None)
-            props[R_TEXT, s] = pool.id(t)
+            col[R_TEXT] = pid(t)
+            col[R_ID] = col[R_TEXT] if t else -1  # pid(t or None)
         if need & NEED_LOWER:
-            props[R_LOWER, s] = pool.id(t.lower() if t else None)
+            col[R_LOWER] = pid(t.lower() if t else None)
         if need & NEED_STREAM:
-            props[R_STREAM, s] = _STREAM_WORDS.get(t.lower(), -1)
+            col[R_STREAM] = _STREAM_WORDS.get(t.lower(), -1)
         if need & NEED_KIND:
-            props[R_KIND, s] = pool.id(OPENINFERENCE_KINDS.get(t.upper()))
+            col[R_KIND] = pid(OPENINFERENCE_KINDS.get(t.upper()))
         if need & NEED_OPNAME:
-            props[R_OPNAME, s] = pool.id(LLM_OPERATIONS.get(t.lower()))
+            col[R_OPNAME] = pid(LLM_OPERATIONS.get(t.lower()))
         if need & NEED_RTYPE:
-            props[R_RTYPE, s] = pool.id(REQUEST_TYPES.get(t.lower(), t.lower()))
+            col[R_RTYPE] = pid(REQUEST_TYPES.get(t.lower(), t.lower()))
         if need & NEED_PARAMS:
-            props[R_MODEL, s] = _json_model(t, pool)
-            props[R_PSTREAM, s] = _stream_flag({PARAMS: t})
+            col[R_MODEL] = _json_model(t, pool)
+            col[R_PSTREAM] = _stream_flag({PARAMS: t})
         if need & NEED_LIMITED:
-            props[R_LIMITED, s] = bool(_RATE_LIMIT_RE.search(t))
-    return props, pnum
+            col[R_LIMITED] = int(bool(_RATE_LIMIT_RE.search(t)))
+        columns.append(col)
+    columns.append(_EMPTY_COLUMN)
+    numbers.append(math.nan)
+    props = np.array(columns, dtype=np.int64).T.copy()  # C order: the kernel's argument type
+    return props, np.array(numbers, dtype=np.float64)
 
 
 def _json_reasons(
@@ -164,9 +193,9 @@ def _json_reasons(
 def _from_reference(
     batch: SpanBatch, wire: bytes, scan: Scan, rows: np.ndarray, ex: Extracted, ids: np.ndarray, pool: _Pool
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Rows the scan left to the reference: each span parsed alone; returns its reason pairs."""
+    """Rows the scan left to the reference: each span parsed alone; returns its reason pairs.
+    (Latency is `finish`'s, for every LLM row.)"""
     status = batch.columns["status_code"]
-    latency = latency_of(batch)
     pair_rows: list[int] = []
     pair_ids: list[int] = []
     for row in rows.tolist():
@@ -176,7 +205,6 @@ def _from_reference(
         if facts is None:
             continue
         ex.llm[row] = True
-        ex.floats["latency_s"][row] = latency[row]
         for name in FLOAT_COLUMNS:
             if name != "latency_s":
                 ex.floats[name][row] = getattr(facts, name)
@@ -189,14 +217,27 @@ def _from_reference(
     return np.array(pair_rows, dtype=np.int64), np.array(pair_ids, dtype=np.int64)
 
 
-def extract_wire(batch: SpanBatch) -> Extracted | None:
-    """What `extract_reference` returns (string table included), from `batch.wire`; None when the bytes
-    are malformed or do not hold the batch's spans."""
+class Resolved(NamedTuple):
+    """The wire path's answer before string codes become columns: `ex` has every column but the
+    strings and reasons; `ids` [6, n] holds pool ids (STRING_ROWS order), `code` maps a pool id to
+    the batch's string code (and -1 to -1); `floats` [6, n] backs ex.floats (FLOAT_ROWS order)."""
+
+    ex: Extracted
+    ids: np.ndarray
+    floats: np.ndarray
+    code: np.ndarray
+    pair_rows: np.ndarray
+    pair_ids: np.ndarray
+
+
+def resolve_wire(batch: SpanBatch) -> Resolved | None:
+    """What `extract_reference` finds, from `batch.wire`, with strings interned into the batch's table;
+    None when the bytes are malformed or do not hold the batch's spans."""
     if batch.wire is None:
         return None
     wire = bytes(batch.wire)
-    scan = scan_wire(wire, len(batch))
-    if scan.status != 0 or not np.array_equal(scan.start_ns.view(np.int64), batch.columns["start_ns"]):
+    scan = scan_wire(wire, len(batch), batch.columns["start_ns"])
+    if scan.status != 0:  # malformed, or not the batch's spans (count, start times)
         return None
     try:
         return _assemble(batch, wire, scan)
@@ -204,65 +245,77 @@ def extract_wire(batch: SpanBatch) -> Extracted | None:
         return None
 
 
-def _assemble(batch: SpanBatch, wire: bytes, scan: Scan) -> Extracted:
+def extract_wire(batch: SpanBatch) -> Extracted | None:
+    """What `extract_reference` returns (string table included), from `batch.wire`; None when the bytes
+    are malformed or do not hold the batch's spans."""
+    res = resolve_wire(batch)
+    if res is None:
+        return None
+    ex = res.ex
+    ex.strings = {name: res.code[res.ids[j]] for j, name in enumerate(STRING_ROWS)}
+    ex.finish_rows = res.pair_rows
+    ex.finish_codes = res.code[res.pair_ids]
+    return ex
+
+
+def _assemble(batch: SpanBatch, wire: bytes, scan: Scan) -> Resolved:
     pool = _Pool()
     props, pnum = _properties(wire, scan, pool)
-    consts = np.array([pool.id("chat"), pool.id("embeddings"), pool.id("_OTHER")], dtype=np.int64)
-    odd = scan.odd
-    for key in ("llm.finish_reason", "error.type"):  # the reference prints truthy non-strings
-        k = SLOT[key]
-        if scan.present[k]:
-            odd = odd | (_NON_STRING_VALUE[scan.kind[:, k]] & (scan.num[:, k] != 0))
     ix_row, ix_idx, ix_sid = scan.ix_row, scan.ix_idx, scan.ix_sid
     if ix_row.shape[0]:
         order = np.lexsort((np.arange(ix_row.shape[0]), ix_idx, ix_row))
         ix_row, ix_idx, ix_sid = ix_row[order], ix_idx[order], ix_sid[order]
-    llm, ids, floats, stream, error, limited, source, pair_rows, pair_ids = resolve(
-        scan.kind,
-        scan.num,
-        scan.sid,
-        batch.columns["status_code"],
-        odd,
-        scan.exc_type,
-        scan.exc_msg,
-        scan.status_msg,
-        scan.chunk_ttft,
-        scan.fin_off,
-        scan.fin_len,
-        scan.fin_sid,
-        ix_row,
-        ix_idx,
-        ix_sid,
-        props,
-        pnum,
-        CHAINS,
-        consts,
+    c = batch.columns
+    start_ns, end_ns = c["start_ns"], c["end_ns"]
+    odd, llm, ids, floats, stream, error, limited, source, pair_rows, pair_ids, python, trunc, lat, first = (
+        resolve(
+            scan.kind,
+            scan.num,
+            scan.sid,
+            c["status_code"],
+            scan.odd,
+            scan.exc_type,
+            scan.exc_msg,
+            scan.status_msg,
+            scan.chunk_ttft,
+            scan.fin_off,
+            scan.fin_len,
+            scan.fin_sid,
+            ix_row,
+            ix_idx,
+            ix_sid,
+            props,
+            pnum,
+            CHAINS,
+            CONSTS,
+            _PRINTED,
+            _truncating(pool),
+            start_ns,
+            end_ns,
+        )
     )
     f = dict(zip(FLOAT_ROWS, floats, strict=True))
-    f["latency_s"] = np.where(llm, latency_of(batch), np.nan)
-    ex = Extracted(llm, f, {}, stream, error, limited, np.zeros(llm.shape[0], dtype=np.bool_))
-    parts = _json_reasons(wire, scan, source, pool)
-    odd_rows = np.flatnonzero(odd)
-    if odd_rows.shape[0]:
-        parts.append(_from_reference(batch, wire, scan, odd_rows, ex, ids, pool))
-    if parts:
-        pair_rows = np.concatenate([pair_rows] + [p[0] for p in parts])
-        order = np.argsort(pair_rows, kind="stable")
-        pair_rows, pair_ids = pair_rows[order], np.concatenate([pair_ids] + [p[1] for p in parts])[order]
-    if pair_rows.shape[0]:
-        first = np.ones(pair_rows.shape[0], dtype=np.bool_)
-        first[1:] = pair_rows[1:] != pair_rows[:-1]
-        ids[STRING_ROWS.index("finish_reason"), pair_rows[first]] = pair_ids[first]
-        truncating = np.array([v in TRUNCATION_REASONS for v in pool.values], dtype=np.bool_)
-        ex.truncated[pair_rows[truncating[pair_ids]]] = True
+    ex = Extracted(llm, f, {}, stream, error, limited, trunc)
+    if python:  # rows for the reference, reasons held in JSON: then `finish` once they are in
+        in_json = (source == SRC_JSON) | (source == SRC_MESSAGES)
+        parts = _json_reasons(wire, scan, source, pool) if in_json.any() else []
+        if odd.any():
+            parts.append(_from_reference(batch, wire, scan, np.flatnonzero(odd), ex, ids, pool))
+        if parts:
+            pair_rows = np.concatenate([pair_rows] + [p[0] for p in parts])
+            order = np.argsort(pair_rows, kind="stable")
+            pair_rows, pair_ids = pair_rows[order], np.concatenate([pair_ids] + [p[1] for p in parts])[order]
+        trunc, lat, first = finish(ids, llm, pair_rows, pair_ids, _truncating(pool), start_ns, end_ns)
+    ex.truncated, f["latency_s"] = trunc, lat
     code = np.full(len(pool.values) + 1, -1, dtype=np.int32)  # code[-1] stays -1 for missing
-    table = batch.strings
-    for p in first_use(ids, ex.llm, pair_ids, len(pool.values)).tolist():
-        code[p] = table.intern(pool.values[p])
-    ex.strings = {name: code[ids[j]] for j, name in enumerate(STRING_ROWS)}
-    ex.finish_rows = pair_rows
-    ex.finish_codes = code[pair_ids]
-    return ex
+    intern, values = batch.strings.intern, pool.values
+    order = first.tolist()
+    code[order] = [intern(values[p]) for p in order]
+    return Resolved(ex, ids, floats, code, pair_rows, pair_ids)
+
+
+def _truncating(pool: _Pool) -> np.ndarray:
+    return np.array([v in TRUNCATION_REASONS for v in pool.values], dtype=np.bool_)
 
 
 _warm_lock = threading.Lock()
@@ -270,7 +323,8 @@ _warm_seconds: float | None = None
 
 
 def warm_up() -> float:
-    """Compile or load the kernels (with the production argument types) once per process; seconds taken."""
+    """Compile or load the kernels (with the production argument types) once per process, the
+    processor's accounting kernels included; seconds taken."""
     global _warm_seconds
     with _warm_lock:
         if _warm_seconds is None:
@@ -281,6 +335,37 @@ def warm_up() -> float:
             kv = span.attributes.add()
             kv.key, kv.value.string_value = "gen_ai.system", "openai"
             wire = req.SerializeToString()
-            assert extract_wire(SpanBatch.from_request(req, wire=wire)) is not None
+            batch = SpanBatch.from_request(req, wire=wire)
+            res = resolve_wire(batch)
+            assert res is not None
+            _warm_accounting(res, batch.columns["service"])
             _warm_seconds = time.perf_counter() - t0
         return _warm_seconds
+
+
+def _warm_accounting(res: Resolved, service: np.ndarray) -> None:
+    """The processor's kernels (`wire_account`) on `res`, with stand-in metric arrays of the real types."""
+    ex = res.ex
+    _, rows, price_of, price_keys, label_of, labels = group(res.ids, ex.llm, res.code, service)
+    counts, sums = (np.zeros((1, 2), dtype=np.int64),) * 4, (np.zeros(1),) * 4
+    account(
+        res.floats,
+        ex.floats["latency_s"],
+        rows,
+        price_of,
+        np.full(price_keys.shape[0], -1, dtype=np.int64),
+        np.zeros((4, 1)),
+        np.zeros(4),
+        label_of,
+        np.zeros(labels.shape[0], dtype=np.int64),
+        -1,
+        ex.error,
+        ex.rate_limited,
+        res.pair_rows,
+        res.code[res.pair_ids],
+        counts,
+        sums,
+        (np.ones(1),) * 4,
+        np.zeros((1, 3), dtype=np.int64),
+        np.zeros(1),
+    )

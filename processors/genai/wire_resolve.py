@@ -7,6 +7,9 @@ JSON "model"/"stream", whether it reads as a rate limit). `resolve` then goes
 through each span's keys in the order of `families.PRECEDENCE`, exactly as
 `span_facts` does, and returns the columns plus the (row, reason) pairs of the
 finish reasons. Reasons held in JSON strings are left to Python (`source`).
+`finish` then sets each call's first reason and truncation, its latency, and
+the order in which the reference would intern the strings; `resolve` runs it
+too unless Python has rows or reasons to add first (one kernel call, not two).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from processors.genai.wire_scan import SLOT, UNCOUNTED
 
 # Constants the kernel compiles in. numba's cache only notices edits to this file, so they are
 # spelled out here and checked against their sources at import rather than imported.
-ABSENT, STR, INT, DOUBLE, BOOL, ARRAY = 0, 2, 3, 4, 5, 6
+ABSENT, STR, INT, DOUBLE, BOOL, ARRAY, BYTES = 0, 2, 3, 4, 5, 6, 7
 EMPTY = -2
 STATUS_ERROR = 2
 _KINDS = (
@@ -34,8 +37,19 @@ _KINDS = (
     scan_kinds.DOUBLE,
     scan_kinds.BOOL,
     scan_kinds.ARRAY,
+    scan_kinds.BYTES,
 )
-if (*_KINDS, scan_kinds.EMPTY, _STATUS_ERROR) != (ABSENT, STR, INT, DOUBLE, BOOL, ARRAY, EMPTY, STATUS_ERROR):
+if (*_KINDS, scan_kinds.EMPTY, _STATUS_ERROR) != (
+    ABSENT,
+    STR,
+    INT,
+    DOUBLE,
+    BOOL,
+    ARRAY,
+    BYTES,
+    EMPTY,
+    STATUS_ERROR,
+):
     raise ImportError("wire_resolve's constants differ from wire_scan's or extract's: update both")
 
 # Rows of `props` (int64), one column per distinct string plus a last one for "".
@@ -76,6 +90,7 @@ FLOAT_ROWS = (
 )
 # Rows of the string output (pool ids), in the order the reference interns them.
 STRING_ROWS = ("operation", "provider", "request_model", "response_model", "finish_reason", "error_type")
+FINISH_ROW = STRING_ROWS.index("finish_reason")
 
 
 def _chains() -> np.ndarray:
@@ -326,6 +341,55 @@ def _rows(
 
 
 @njit(cache=True, nogil=True)
+def finish(
+    ids: np.ndarray,
+    llm: np.ndarray,
+    pair_rows: np.ndarray,
+    pair_ids: np.ndarray,
+    truncating: np.ndarray,
+    start_ns: np.ndarray,
+    end_ns: np.ndarray,
+) -> tuple[Any, ...]:
+    """(truncated, latency_s, pool ids in the order the reference interns them); sets each call's
+    first reason in `ids`. Reason pairs come sorted by row; `truncating[pool id]`: a truncation reason.
+
+    The reference interns each call's strings, row by row, then every reason.
+    """
+    n = llm.shape[0]
+    truncated = np.zeros(n, dtype=np.bool_)
+    latency = np.full(n, np.nan)
+    for r in range(n):
+        if llm[r]:
+            latency[r] = np.float64(end_ns[r] - start_ns[r]) / 1e9  # as latency_of: int64, then / 1e9
+    last = -1
+    for i in range(pair_rows.shape[0]):
+        r, p = pair_rows[i], pair_ids[i]
+        if r != last:
+            ids[FINISH_ROW, r] = p
+            last = r
+        if truncating[p]:
+            truncated[r] = True
+    n_pool = truncating.shape[0]
+    seen = np.zeros(n_pool, dtype=np.bool_)
+    order = np.empty(n_pool, dtype=np.int64)
+    m = 0
+    for r in range(n):
+        if llm[r]:
+            for j in range(ids.shape[0]):
+                p = ids[j, r]
+                if p >= 0 and not seen[p]:
+                    seen[p] = True
+                    order[m] = p
+                    m += 1
+    for p in pair_ids:
+        if p >= 0 and not seen[p]:
+            seen[p] = True
+            order[m] = p
+            m += 1
+    return truncated, latency, order[:m]
+
+
+@njit(cache=True, nogil=True)
 def resolve(
     kind: np.ndarray,
     num: np.ndarray,
@@ -346,13 +410,26 @@ def resolve(
     pnum: np.ndarray,
     chains: np.ndarray,
     consts: np.ndarray,
+    printed: np.ndarray,
+    truncating: np.ndarray,
+    start_ns: np.ndarray,
+    end_ns: np.ndarray,
 ) -> tuple[Any, ...]:
-    """(llm, strings [6, n] pool ids in STRING_ROWS order, floats [6, n] in FLOAT_ROWS order, stream,
-    error, rate_limited, reason source, reason rows, reason pool ids) for the rows not `odd`.
+    """(odd, llm, strings [6, n] pool ids in STRING_ROWS order, floats [6, n] in FLOAT_ROWS order,
+    stream, error, rate_limited, reason source, reason rows, reason pool ids, whether Python must
+    finish, then `finish`'s truncated, latency and first-use order).
 
+    `odd` comes back with the rows whose `printed` slots hold truthy non-strings (the reference prints
+    them). Rows left odd and reasons held in JSON (`source`) are Python's: then `finish` is not run
+    here (its outputs come back empty) and must be called once Python has added those.
     Indexed finish reasons must come sorted by (row, index, byte order).
     """
     n = kind.shape[0]
+    odd = odd.copy()
+    for r in range(n):
+        for slot in printed:
+            if kind[r, slot] >= INT and num[r, slot] != 0:  # int, double, bool, array, bytes
+                odd[r] = True
     llm = np.zeros(n, dtype=np.bool_)
     ids = np.full((6, n), -1, dtype=np.int64)
     floats = np.full((6, n), np.nan)
@@ -366,26 +443,29 @@ def resolve(
     more = (fin_sid, ix_row, ix_idx, ix_sid, props, pnum, chains, consts)
     outputs = (llm, ids, floats, stream, error, limited, source, pair_rows, pair_ids)
     n_pairs = _rows(*inputs, *more, *outputs)
-    return llm, ids, floats, stream, error, limited, source, pair_rows[:n_pairs], pair_ids[:n_pairs]
-
-
-@njit(cache=True, nogil=True)
-def first_use(ids: np.ndarray, llm: np.ndarray, pair_ids: np.ndarray, n_pool: int) -> np.ndarray:
-    """Pool ids in the order the reference interns them: each call's strings, row by row, then reasons."""
-    seen = np.zeros(n_pool, dtype=np.bool_)
-    out = np.empty(n_pool, dtype=np.int64)
-    m = 0
-    for r in range(ids.shape[1]):
-        if llm[r]:
-            for j in range(ids.shape[0]):
-                p = ids[j, r]
-                if p >= 0 and not seen[p]:
-                    seen[p] = True
-                    out[m] = p
-                    m += 1
-    for p in pair_ids:
-        if p >= 0 and not seen[p]:
-            seen[p] = True
-            out[m] = p
-            m += 1
-    return out[:m]
+    pair_rows, pair_ids = pair_rows[:n_pairs], pair_ids[:n_pairs]
+    python = False
+    for r in range(n):
+        if odd[r] or source[r] == SRC_JSON or source[r] == SRC_MESSAGES:
+            python = True
+            break
+    if python:
+        truncated, latency, order = np.zeros(0, np.bool_), np.zeros(0), np.zeros(0, np.int64)
+    else:
+        truncated, latency, order = finish(ids, llm, pair_rows, pair_ids, truncating, start_ns, end_ns)
+    return (
+        odd,
+        llm,
+        ids,
+        floats,
+        stream,
+        error,
+        limited,
+        source,
+        pair_rows,
+        pair_ids,
+        python,
+        truncated,
+        latency,
+        order,
+    )

@@ -29,8 +29,6 @@ from gateway.wire.pb import (
     LEN,
     VARINT,
     as_array,
-    fnv1a,
-    fnv1a_py,
     read_fixed64,
     read_len,
     read_tag,
@@ -112,15 +110,68 @@ L_CHUNK_FIRST = 8  # first-chunk event names follow, up to tab[T_NLIT]
 T_CAP, T_MAXLEN, T_NLIT, T_HASH, T_SLOT, T_KEY_OFF, T_LEN_OK, T_LIT_OFF = range(8)
 
 
+_K1, _K2, _K3 = 0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9
+_M64 = (1 << 64) - 1
+
+
+def _key_hash_py(key: bytes) -> int:
+    """`_key_hash` in Python, to build the key table."""
+    n = len(key)
+    lo = int.from_bytes(key[:8].ljust(8, b"\0"), "little")
+    hi = int.from_bytes(key[-8:], "little") if n >= 8 else 0
+    h = ((lo * _K1) & _M64) ^ ((hi * _K2) & _M64) ^ n
+    h ^= h >> 32
+    h = (h * _K3) & _M64
+    return h ^ (h >> 29)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _word(buf: np.ndarray, a: int, n: int) -> np.uint64:
+    """Little-endian word of the n <= 8 bytes at buf[a:]."""
+    w = np.uint64(0)
+    for k in range(n):
+        w |= np.uint64(buf[a + k]) << np.uint64(8 * k)
+    return w
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _key_hash(buf: np.ndarray, a: int, b: int) -> np.uint64:
+    """Hash of a key from its length and first and last eight bytes: two multiplies, where FNV-1a
+    takes one per byte. Keys that differ only in the middle collide, which costs the lookup of a
+    wanted key a comparison more, nothing else: the table holds only the wanted keys."""
+    n = b - a
+    if n >= 8:
+        lo, hi = _word(buf, a, 8), _word(buf, b - 8, 8)
+    else:
+        lo, hi = _word(buf, a, n), np.uint64(0)
+    h = (lo * np.uint64(_K1)) ^ (hi * np.uint64(_K2)) ^ np.uint64(n)
+    h ^= h >> np.uint64(32)
+    h *= np.uint64(_K3)
+    return h ^ (h >> np.uint64(29))
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _text_hash(buf: np.ndarray, a: int, b: int) -> np.uint64:
+    """Hash of all of buf[a:b], eight bytes per multiply."""
+    h = np.uint64(b - a) * np.uint64(_K3)
+    p = a
+    while p + 8 <= b:
+        h = (h ^ _word(buf, p, 8)) * np.uint64(_K1)
+        h ^= h >> np.uint64(31)
+        p += 8
+    h = (h ^ _word(buf, p, b - p)) * np.uint64(_K2)
+    return h ^ (h >> np.uint64(29))
+
+
 def _tables() -> tuple[np.ndarray, np.ndarray]:
-    """Open-addressing table FNV-1a(key) → slot, key lengths that can match, and byte offsets."""
+    """Open-addressing table _key_hash(key) → slot, key lengths that can match, and byte offsets."""
     keys = [k.encode() for k in SLOT_KEYS]
     lits = [w.encode() for w in LITERALS]
     cap = 1 << (2 * len(keys) - 1).bit_length()
     hashes = [0] * cap
     slots = [-1] * cap
     for slot, key in enumerate(keys):
-        h = fnv1a_py(key)
+        h = _key_hash_py(key)
         i = h & (cap - 1)
         while slots[i] >= 0:
             i = (i + 1) & (cap - 1)
@@ -143,6 +194,7 @@ def _tables() -> tuple[np.ndarray, np.ndarray]:
 TAB, TEXT = _tables()
 SLOT_NEED = _slot_needs()
 FINISH_SLOT = SLOT["gen_ai.response.finish_reasons"]
+_NO_START = np.zeros(0, dtype=np.int64)
 
 
 # ---------------------------------------------------------------- helpers
@@ -174,7 +226,7 @@ def _slot_of(buf: np.ndarray, a: int, b: int, tab: np.ndarray, text: np.ndarray)
     n = b - a
     if n >= tab[T_MAXLEN] or tab[tab[T_LEN_OK] + n] == 0:
         return -1
-    h = np.int64(fnv1a(buf, a, b))
+    h = np.int64(_key_hash(buf, a, b))
     mask = tab[T_CAP] - 1
     hashes, slots, key_off = tab[T_HASH], tab[T_SLOT], tab[T_KEY_OFF]
     i = h & mask
@@ -313,7 +365,7 @@ def _key_value(buf: np.ndarray, a: int, b: int) -> tuple[int, int, int, int, boo
     return ka, kb, va, vb, odd or n_key > 1 or n_val > 1
 
 
-@njit(**UNCOUNTED)
+@njit(**UNCOUNTED, inline="always")  # once per attribute: a call costs more than its body
 def _attribute(
     buf: np.ndarray, a: int, b: int, tab: np.ndarray, text: np.ndarray
 ) -> tuple[int, int, int, float, int, int, bool]:
@@ -462,7 +514,7 @@ def _dedup(
     n = 0
     for o in range(n_occ):
         a, b = occ[o, 0], occ[o, 1]
-        h = fnv1a(buf, a, b)
+        h = _text_hash(buf, a, b)
         i = np.int64(h & np.uint64(mask))
         while True:
             s = table[i]
@@ -484,7 +536,7 @@ def _dedup(
 class Scan(NamedTuple):
     """What `scan` read; string ids index `str_lo`/`str_hi` (distinct byte strings)."""
 
-    status: int  # 0 ok, -1 malformed, -2 span count differs from the batch
+    status: int  # 0 ok, -1 malformed, -2 span count differs from the batch, -3 start times differ
     kind: np.ndarray  # int8 [rows, slots]
     num: np.ndarray  # float64 [rows, slots]
     sid: np.ndarray  # int64 [rows, slots], strings only
@@ -529,6 +581,7 @@ def _walk(
     elems: np.ndarray,
     ix: np.ndarray,
     num_bits: np.ndarray,
+    present: np.ndarray,
 ) -> tuple[int, int, int, int]:
     """The walk itself, into `scan`'s arrays: (status, occurrences, array elements, indexed keys).
 
@@ -621,6 +674,7 @@ def _walk(
                         odd[row] = odd[row] or a_odd
                         if slot >= 0:
                             kind[row, slot], num[row, slot], sid[row, slot] = vk, vnum, -1
+                            present[slot] = True
                             if vk == DOUBLE:  # the exact bits, into a uint64 view of `num`
                                 num_bits[row, slot], _ = read_fixed64(buf, lo, hi)
                             if vk == STR:
@@ -704,14 +758,25 @@ def _walk(
 
 @njit(cache=True, nogil=True)
 def scan(
-    buf: np.ndarray, n_rows: int, tab: np.ndarray, text: np.ndarray, slot_need: np.ndarray, fin_slot: int
+    buf: np.ndarray,
+    n_rows: int,
+    tab: np.ndarray,
+    text: np.ndarray,
+    slot_need: np.ndarray,
+    fin_slot: int,
+    expect_start: np.ndarray,
 ) -> tuple[Any, ...]:
-    """Walk ExportTraceServiceRequest bytes; see `Scan` for what comes back (in that order)."""
+    """Walk ExportTraceServiceRequest bytes; see `Scan` for what comes back (in that order).
+
+    `expect_start`, unless empty: the batch's start times; other times in the bytes give status -3.
+    """
     n_slots = tab[T_LEN_OK] - tab[T_KEY_OFF] - 1
     end = buf.shape[0]
     kind = np.zeros((n_rows, n_slots), dtype=np.int8)
-    num = np.zeros((n_rows, n_slots), dtype=np.float64)
-    sid = np.full((n_rows, n_slots), -1, dtype=np.int64)
+    # Written wherever `kind` is not ABSENT, and read only there: not cleared (most of a batch is absent).
+    num = np.empty((n_rows, n_slots), dtype=np.float64)
+    sid = np.empty((n_rows, n_slots), dtype=np.int64)
+    present = np.zeros(n_slots, dtype=np.bool_)
     fin = np.zeros((n_rows, 2), dtype=np.int64)
     per_row = np.full((n_rows, 3), -1, dtype=np.int64)  # exception type, message, status message
     start = np.zeros(n_rows, dtype=np.uint64)
@@ -723,8 +788,14 @@ def scan(
     occ = np.empty((end // 2 + 1, 3), dtype=np.int64)  # start, stop, NEED_* bits
     elems = np.empty(end // 4 + 1, dtype=np.int64)
     ix = np.empty((end // 16 + 1, 3), dtype=np.int64)
-    args = (kind, num, sid, fin, per_row, start, chunk_ttft, spans, odd, occ, elems, ix, num.view(np.uint64))
+    bits = num.view(np.uint64)
+    args = (kind, num, sid, fin, per_row, start, chunk_ttft, spans, odd, occ, elems, ix, bits, present)
     status, n_occ, n_el, n_ix = _walk(buf, n_rows, tab, text, slot_need, fin_slot, *args)
+    if status == 0 and expect_start.shape[0]:
+        for r in range(n_rows):
+            if np.int64(start[r]) != expect_start[r]:
+                status = -3  # the bytes hold other spans than the batch
+                break
     if status != 0:
         n_occ = n_el = n_ix = 0
     cap = 16
@@ -736,14 +807,12 @@ def scan(
         buf, occ, n_occ, np.full(cap, -1, dtype=np.int64), np.zeros(cap, np.uint64), sid_of, distinct
     )
     distinct = distinct[:n_str]
-    present = np.zeros(n_slots, dtype=np.bool_)
     if status == 0:
+        slots = np.flatnonzero(present)
         for r in range(n_rows):
-            for k in range(n_slots):
-                if kind[r, k] != ABSENT:
-                    present[k] = True
-                if sid[r, k] >= 0:
-                    sid[r, k] = sid_of[sid[r, k]]
+            for slot in slots:
+                if kind[r, slot] == STR:
+                    sid[r, slot] = sid_of[sid[r, slot]]
             for k in range(3):
                 if per_row[r, k] >= 0:
                     per_row[r, k] = sid_of[per_row[r, k]]
@@ -777,6 +846,8 @@ def scan(
     )
 
 
-def scan_wire(wire: bytes | bytearray | memoryview, n_rows: int) -> Scan:
-    """Run the kernel over a serialized ExportTraceServiceRequest expected to hold `n_rows` spans."""
-    return Scan(*scan(as_array(wire), n_rows, TAB, TEXT, SLOT_NEED, FINISH_SLOT))
+def scan_wire(wire: bytes | bytearray | memoryview, n_rows: int, start_ns: np.ndarray | None = None) -> Scan:
+    """Run the kernel over a serialized ExportTraceServiceRequest expected to hold `n_rows` spans
+    (starting at `start_ns`, the batch's column, when given)."""
+    expect = _NO_START if start_ns is None else start_ns
+    return Scan(*scan(as_array(wire), n_rows, TAB, TEXT, SLOT_NEED, FINISH_SLOT, expect))

@@ -4,6 +4,7 @@ AnyValue; plus events, statuses and a request builder."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from hypothesis import strategies as st
@@ -186,7 +187,7 @@ def add_attr(attrs: Any, key: str, v: Value) -> None:
 
 
 def span(
-    attrs: list[tuple[str, Value]], events: list[Any] = (), status: tuple[int, str] = (0, "")
+    attrs: list[tuple[str, Value]], events: Sequence[Any] = (), status: tuple[int, str] = (0, "")
 ) -> dict[str, Any]:
     """A span spec as `request_of` takes it."""
     return {"attrs": attrs, "events": list(events), "status": status, "latency_ns": 10**9}

@@ -356,6 +356,8 @@ def test_malformed_bytes_and_foreign_bytes_step_aside() -> None:
         assert scan_wire(good[:cut], 1).status == -1
     assert scan_wire(good, 2).status == -2  # fewer spans than the batch has rows
     assert scan_wire(good + good, 1).status == -2
+    assert scan_wire(good, 1, np.array([T0], dtype=np.int64)).status == 0
+    assert scan_wire(good, 1, np.array([T0 + 1], dtype=np.int64)).status == -3  # not the batch's spans
     batch = batch_of(good)
     batch.wire = _span_request(BASE.replace(T0.to_bytes(8, "little"), (T0 + 1).to_bytes(8, "little"), 1))
     assert extract_wire(batch) is None  # bytes of other spans: start times differ
