@@ -23,6 +23,7 @@ from typing import Any
 
 from aiohttp import web
 
+from gateway import memory
 from gateway.admin import AdminServer
 from gateway.config.model import GatewayConfig
 from gateway.pipeline import Graph, build_graph
@@ -63,6 +64,7 @@ class Gateway:
         self._started = False
         self._stopping = False
         self._stop_event: asyncio.Event | None = None
+        self._memory_task: asyncio.Task[None] | None = None
 
     # ---------------------------------------------------------------- lifecycle
     async def start(self) -> None:
@@ -82,6 +84,8 @@ class Gateway:
             await self.shutdown()
             raise
         self._started = True
+        # once ready, give back what start-up left resident (LLVM's code, free heap): gateway.memory
+        self._memory_task = memory.start_releaser(lambda: self.readiness()[0], self.telemetry.registry)
         log.info(
             "gateway started",
             extra={
@@ -100,6 +104,7 @@ class Gateway:
         timeout = self.config.service.shutdown_timeout
         deadline = time.monotonic() + timeout
         log.info("shutting down", extra={"fields": {"timeout_s": timeout}})
+        await memory.stop_releaser(self._memory_task)
         t0 = time.monotonic()
         for rec in self.graph.receivers.values():
             await _guard(rec.shutdown(), f"receiver {rec.id}")

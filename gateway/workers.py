@@ -53,6 +53,7 @@ import psutil
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
+from gateway import memory
 from gateway.admin import AdminServer
 from gateway.admin_merge import Exposition, MetricsMerger, merge_anomalies
 from gateway.config.model import GatewayConfig
@@ -183,8 +184,10 @@ class Supervisor:
                 asyncio.create_task(self._watch(w), name=f"watch-worker-{w.index}") for w in self.workers
             ]
             starting = asyncio.create_task(self._await_started())
+            releasing = memory.start_releaser(lambda: self._started)  # start-up code pages, free heap
             await self._stop.wait()
             starting.cancel()
+            await memory.stop_releaser(releasing)
             self._stopping = True
             log.info("shutting down: stopping %d workers", len(self.workers))
             clean = await self._stop_workers()

@@ -34,9 +34,12 @@ OTLP/JSON, which is not what this measures.
 
 Measured over the window after warm-up: spans/s accepted (2xx / OK, minus
 partial-success rejections), target CPU seconds (psutil, process + children)
-→ spans per CPU-second, peak RSS of the target (VmHWM), p50/p99 request latency,
-and the load generator's own CPU (on a 2-core machine it competes with the
-target). At the end the spans the target says it accepted are read back
+→ spans per CPU-second, p50/p99 request latency, the load generator's own CPU
+(on a 2-core machine it competes with the target), and the target's memory
+summed over its processes: `peak_rss_mib` is the high-water mark (VmHWM, start-up
+included), while `rss_mib_max`/`rss_mib_median` (and `pss_mib_median`,
+`uss_mib_median`, from /proc/PID/smaps_rollup) are sampled twice a second during
+the window: the steady state. At the end the spans the target says it accepted are read back
 (gateway: otelcol_receiver_accepted_spans on the admin /metrics; naive: /stats).
 """
 
@@ -52,9 +55,11 @@ import re
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -220,13 +225,15 @@ class Target:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"target exited with {self.proc.returncode}:\n{self.log_text()}")
             if time.monotonic() > deadline:
+                text = self.log_text()  # before __exit__ closes the log
                 self.__exit__()
-                raise RuntimeError(f"target did not listen within 60 s:\n{self.log_text()}")
+                raise RuntimeError(f"target did not listen within 60 s:\n{text}")
             time.sleep(0.05)
         while self.kind == "gateway" and not self._ready():  # every worker, detection kernels loaded
             if self.proc.poll() is not None or time.monotonic() > deadline:
+                text = self.log_text()
                 self.__exit__()
-                raise RuntimeError(f"target did not get ready within 60 s:\n{self.log_text()}")
+                raise RuntimeError(f"target did not get ready within 60 s:\n{text}")
             time.sleep(0.05)
         return self
 
@@ -310,6 +317,71 @@ class Target:
             out.append(_accepted(conn.getresponse().read().decode()))
             conn.close()
         return out
+
+
+class MemorySampler:
+    """Resident memory of a target's processes, sampled in a thread during the measured window.
+
+    RSS counts every resident page; PSS shares pages mapped by several processes among them;
+    USS counts pages only this process maps (what stopping it would free).
+    """
+
+    def __init__(self, target: Target, period: float = 0.5) -> None:
+        self.target, self.period = target, period
+        self.rss: list[int] = []
+        self.pss: list[int] = []
+        self.uss: list[int] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="rss-sampler", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _loop(self) -> None:
+        while True:
+            self.sample()
+            if self._stop.wait(self.period):
+                return
+
+    def sample(self) -> None:
+        rss = pss = uss = 0
+        for p in self.target.processes():
+            r = _rollup(p)
+            rss, pss, uss = rss + r[0], pss + r[1], uss + r[2]
+        if rss:
+            self.rss.append(rss)
+            self.pss.append(pss)
+            self.uss.append(uss)
+
+    def summary(self) -> dict[str, float]:
+        """MiB: max and median RSS, median PSS and USS (0 without samples)."""
+        if not self.rss:
+            return {"rss_mib_max": 0.0, "rss_mib_median": 0.0, "pss_mib_median": 0.0, "uss_mib_median": 0.0}
+        mib = 2**20
+        return {
+            "rss_mib_max": round(max(self.rss) / mib, 1),
+            "rss_mib_median": round(statistics.median(self.rss) / mib, 1),
+            "pss_mib_median": round(statistics.median(self.pss) / mib, 1),
+            "uss_mib_median": round(statistics.median(self.uss) / mib, 1),
+        }
+
+
+def _rollup(p: psutil.Process) -> tuple[int, int, int]:
+    """(RSS, PSS, USS) bytes of one process; PSS and USS as RSS where smaps_rollup is missing."""
+    try:
+        text = Path(f"/proc/{p.pid}/smaps_rollup").read_text()
+    except OSError:
+        try:
+            rss = int(p.memory_info().rss)
+        except psutil.Error:
+            return 0, 0, 0
+        return rss, rss, rss
+    kb = {m.group(1): int(m.group(2)) * 1024 for m in re.finditer(r"^(\w+):\s+(\d+) kB", text, re.M)}
+    return kb.get("Rss", 0), kb.get("Pss", 0), kb.get("Private_Clean", 0) + kb.get("Private_Dirty", 0)
 
 
 def _accepted(metrics_text: str) -> int:
@@ -483,13 +555,18 @@ class Result:
     target_cores: float  # target CPU seconds per wall second
     spans_per_cpu_s: float
     client_cpu_s: float
-    peak_rss_mib: float
+    peak_rss_mib: float  # VmHWM: the high-water mark, start-up included
     p50_ms: float
     p99_ms: float
     client_spans: int  # accepted over the whole run (warm-up included), per the responses
     target_spans: int  # the same, per the target's own counter
     error_samples: list[str]
     worker_spans: list[int] = field(default_factory=list)  # per worker (how the kernel spread them)
+    # sampled during the window (steady state), summed over the target's processes
+    rss_mib_max: float = 0.0
+    rss_mib_median: float = 0.0
+    pss_mib_median: float = 0.0
+    uss_mib_median: float = 0.0
 
     def line(self) -> str:
         total = sum(self.worker_spans)
@@ -501,7 +578,9 @@ class Result:
             f"{' gzip' if self.gzip else ''} | {self.spans_per_s:>9,.0f} spans/s"
             f" | {self.spans_per_cpu_s:>9,.0f} spans/CPU-s ({self.target_cores:.2f} cores)"
             f" | p50 {self.p50_ms:6.1f} ms p99 {self.p99_ms:6.1f} ms"
-            f" | RSS {self.peak_rss_mib:5.0f} MiB | client CPU {self.client_cpu_s:.1f} s"
+            f" | RSS {self.rss_mib_median:4.0f}/{self.rss_mib_max:.0f} MiB median/max"
+            f" (peak {self.peak_rss_mib:.0f})"
+            f" | client CPU {self.client_cpu_s:.1f} s"
             f" | errors {self.errors} | target saw {self.target_spans:,}/{self.client_spans:,}"
             + (f" | split {' / '.join(f'{n / total:.0%}' for n in self.worker_spans)}" if total else "")
         )
@@ -517,6 +596,7 @@ async def _run_async(
     duration: float,
     grpc_channels: int = 1,
     rate: float = 0.0,
+    memory: MemorySampler | None = None,
 ) -> tuple[Counters, float, float, float]:
     port = target.grpc if transport == "grpc" else target.http
     c = Counters()
@@ -527,9 +607,13 @@ async def _run_async(
     await asyncio.sleep(warmup)
     cpu0, me0, t0 = target.cpu_seconds(), time.process_time(), time.perf_counter()
     c.recording = True
+    if memory is not None:
+        memory.start()
     await asyncio.sleep(duration)
     stop.set()
     cpu1, me1, t1 = target.cpu_seconds(), time.process_time(), time.perf_counter()
+    if memory is not None:
+        memory.stop()
     c.recording = False
     await asyncio.wait_for(task, 120)
     return c, t1 - t0, cpu1 - cpu0, me1 - me0
@@ -556,8 +640,11 @@ def run(
     if grpc_channels is None:
         grpc_channels = 1 if workers == 1 else concurrency
     with Target(target, pipeline, workers) as t:
+        memory = MemorySampler(t)
         c, window, cpu, client_cpu = asyncio.run(
-            _run_async(t, transport, payloads, concurrency, gzipped, warmup, duration, grpc_channels, rate)
+            _run_async(
+                t, transport, payloads, concurrency, gzipped, warmup, duration, grpc_channels, rate, memory
+            )
         )
         # the batch processor may still hold spans; the receiver counter does not wait for it
         target_spans = t.accepted_spans()
@@ -591,6 +678,7 @@ def run(
         target_spans=target_spans,
         error_samples=c.error_samples,
         worker_spans=worker_spans,
+        **memory.summary(),
     )
 
 
