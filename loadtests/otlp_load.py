@@ -70,6 +70,7 @@ import psutil
 import yaml
 
 from loadtests.llmgen import TrafficConfig, generate
+from loadtests.rawhttp import RawHttpSender
 from loadtests.timeshift import shift_times
 
 TRACE_EXPORT = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
@@ -484,6 +485,7 @@ async def drive(
     c: Counters,
     grpc_channels: int = 1,
     rate: float = 0.0,
+    http_client: str = "aiohttp",
 ) -> None:
     """Closed loop (`concurrency` requests back to back) or, with `rate` > 0 spans/s, paced:
     request k is due at k × (spans per request ÷ rate) and waits for its slot (open loop
@@ -492,6 +494,8 @@ async def drive(
         _GrpcSender(port, gzipped, grpc_channels)
         if transport == "grpc"
         else _HttpSender(port, concurrency, gzipped)
+        if http_client == "aiohttp"
+        else RawHttpSender(LOOPBACK, port, "/v1/traces", concurrency, gzipped)
     )
     n = len(payloads.wires)
     seq = itertools.count()
@@ -567,6 +571,7 @@ class Result:
     rss_mib_median: float = 0.0
     pss_mib_median: float = 0.0
     uss_mib_median: float = 0.0
+    http_client: str = "aiohttp"  # OTLP/HTTP client (`raw`: loadtests/rawhttp.py); "-" for gRPC
 
     def line(self) -> str:
         total = sum(self.worker_spans)
@@ -597,12 +602,13 @@ async def _run_async(
     grpc_channels: int = 1,
     rate: float = 0.0,
     memory: MemorySampler | None = None,
+    http_client: str = "aiohttp",
 ) -> tuple[Counters, float, float, float]:
     port = target.grpc if transport == "grpc" else target.http
     c = Counters()
     stop = asyncio.Event()
     task = asyncio.create_task(
-        drive(port, transport, payloads, concurrency, gzipped, stop, c, grpc_channels, rate)
+        drive(port, transport, payloads, concurrency, gzipped, stop, c, grpc_channels, rate, http_client)
     )
     await asyncio.sleep(warmup)
     cpu0, me0, t0 = target.cpu_seconds(), time.process_time(), time.perf_counter()
@@ -634,6 +640,7 @@ def run(
     workers: int = 1,
     grpc_channels: int | None = None,
     rate: float = 0.0,
+    http_client: str = "aiohttp",
 ) -> Result:
     if payloads is None:
         payloads = build_payloads(n_requests, spans_per_request, gzipped=gzipped and transport == "http")
@@ -643,7 +650,17 @@ def run(
         memory = MemorySampler(t)
         c, window, cpu, client_cpu = asyncio.run(
             _run_async(
-                t, transport, payloads, concurrency, gzipped, warmup, duration, grpc_channels, rate, memory
+                t,
+                transport,
+                payloads,
+                concurrency,
+                gzipped,
+                warmup,
+                duration,
+                grpc_channels,
+                rate,
+                memory,
+                http_client,
             )
         )
         # the batch processor may still hold spans; the receiver counter does not wait for it
@@ -678,6 +695,7 @@ def run(
         target_spans=target_spans,
         error_samples=c.error_samples,
         worker_spans=worker_spans,
+        http_client=http_client if transport == "http" else "-",
         **memory.summary(),
     )
 
@@ -702,6 +720,13 @@ def main(argv: list[str] | None = None) -> None:
         help="gateway worker processes (sentinel run --workers); a comma list runs each, same payloads",
     )
     ap.add_argument("--grpc-channels", type=int, help="gRPC connections (default: see above)")
+    ap.add_argument(
+        "--http-client",
+        choices=["aiohttp", "raw"],
+        default="aiohttp",
+        help="OTLP/HTTP client: aiohttp, or the lean pre-formatted one (loadtests/rawhttp.py) that leaves "
+        "more of a small machine to the gateway, e.g. for worker scaling",
+    )
     ap.add_argument(
         "--rate",
         type=float,
@@ -732,6 +757,7 @@ def main(argv: list[str] | None = None) -> None:
             workers=workers,
             grpc_channels=args.grpc_channels,
             rate=args.rate,
+            http_client=args.http_client,
         )
         results.append(res)
         print(json.dumps(asdict(res)) if args.json else res.line(), flush=True)
